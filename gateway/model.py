@@ -1,0 +1,57 @@
+"""Types that travel between the gateway's stages, declared once.
+
+ingest → Envelope → verify → Reading | Rejected → anonymise → Reading → buffer → forward
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class Envelope:
+    """Bytes as they arrived, before anything trusts them.
+
+    `ack` is called once the reading it carried is durably committed (or the frame was
+    rejected and counted); for MQTT that releases the broker's QoS 1 PUBACK.
+    """
+
+    source: str  # "mqtt", "serial", "ble", "replay"
+    topic: str
+    payload: bytes
+    received_s: float
+    ack: object = None  # callable() or None
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One verified frame, as the store will see it."""
+
+    node: str  # 8 lower-case hex digits (protocol.node_name)
+    kind: str  # "air" | "noise" | "crowd"
+    zone: str
+    site: str
+    counter: int
+    time_s: int  # end of the measurement window, Unix seconds
+    window_s: int
+    fields: dict[str, float] = field(hash=False)
+    status: bool = False  # a status frame (uptime, heap, ...) rather than a measurement
+    time_estimated: bool = False  # node had no clock: the gateway stamped it on receipt
+
+    @property
+    def measurement(self) -> str:
+        return "node_status" if self.status else self.kind
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return {"zone": self.zone, "site": self.site, "node": self.node, "kind": self.kind}
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A frame the gateway refused; `reason` is a counter name (see verify.REASONS)."""
+
+    reason: str
+    detail: str
+    source: str
+    node: str | None = None

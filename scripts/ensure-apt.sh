@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# ensure-apt.sh [PACKAGE...]: install the Debian packages the test suite runs for real
+# (default: mosquitto and victoria-metrics) unless their programs are already there.
+set -euo pipefail
+if [ $# -eq 0 ]; then
+    want=()
+    [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null || want+=(mosquitto)
+    command -v victoria-metrics >/dev/null || want+=(victoria-metrics)
+else
+    want=("$@")
+fi
+[ ${#want[@]} -eq 0 ] && exit 0
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || { echo "setup: need root (or sudo) to apt-get install ${want[*]}" >&2; exit 1; }
+    sudo="sudo"
+fi
+echo "setup: apt-get install ${want[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -q >/dev/null
+# The packages' own services are not used: the tests start their own on loopback.
+$sudo apt-get install -y -q --no-install-recommends "${want[@]}" >/dev/null
