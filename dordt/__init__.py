@@ -1,0 +1,1 @@
+"""dordt: the command line of the Dordrecht edge sensor fleet (see dordt/cli.py)."""

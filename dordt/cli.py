@@ -1,3 +1,71 @@
-"""placeholder"""
-def main():
-    pass
+"""`dordt`: one entry point, a sub-command group per role.
+
+Thin by design: each group lives beside the code it drives (gateway/cli.py,
+simulators/cli.py, fleet/cli.py, ...) and registers a command table; handlers take the
+parsed arguments and return an exit code.  Errors for people are `UserError`s, printed as
+`dordt: message`; a traceback only with --verbose.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from dordt.errors import UserError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from dordt import demo_cli
+    from fleet import cli as fleet_cli
+    from gateway import cli as gateway_cli
+    from provisioning import cli as provision_cli
+    from simulators import cli as sim_cli
+
+    parser = argparse.ArgumentParser(
+        prog="dordt", description="Dordrecht edge sensor fleet: gateway, simulators, fleet, "
+        "provisioning and audit tools.")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log more, and show tracebacks on errors")
+    groups = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
+    demo_cli.register(groups)
+    gateway_cli.register(groups)
+    sim_cli.register(groups)
+    fleet_cli.register(groups)
+    provision_cli.register(groups)
+    audit = groups.add_parser(
+        "audit", help="privacy audits and register exports (not built yet)",
+        description="Privacy audits against the emission manifest and exports for the "
+        "algorithm and sensor registers. Not built yet: it follows the gateway and fleet "
+        "issues.")
+    audit.set_defaults(handler=_not_built("audit"))
+    return parser
+
+
+def _not_built(group: str):
+    def handler(args) -> int:
+        raise UserError(f"`dordt {group}` has no commands yet: it is planned, not built", 2)
+    return handler
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.handler(args) or 0)
+    except UserError as exc:
+        if args.verbose:
+            raise
+        print(f"dordt: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("dordt: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -295,3 +295,47 @@ def parse_topic_up(topic):
         if ch not in "0123456789abcdef":
             return None
     return parts[2], int(name, 16)
+
+
+# -- counters and replay, §6 ---------------------------------------------------------------
+
+REPLAY_WINDOW = 64  # counters below the highest seen that may still arrive (reordering)
+REPLAY = "replay"  # this counter was already accepted
+TOO_OLD = "too_old"  # older than the window: cannot tell, so refuse
+
+
+class ReplayWindow:
+    """Sliding-window replay check for one node (the IPsec/DTLS anti-replay window).
+
+    `highest` is the highest counter accepted, `seen` a bitmap: bit d set means counter
+    highest - d was accepted.  check() only looks; accept() records, so a frame whose
+    reading is not yet durable can be refused again later without a false "replay".
+    """
+
+    def __init__(self, highest=-1, seen=0, size=REPLAY_WINDOW):
+        self.highest = highest
+        self.seen = seen
+        self.size = size
+
+    def check(self, counter):
+        """None when `counter` is new, else REPLAY or TOO_OLD."""
+        if counter > self.highest:
+            return None
+        behind = self.highest - counter
+        if behind >= self.size:
+            return TOO_OLD
+        if (self.seen >> behind) & 1:
+            return REPLAY
+        return None
+
+    def accept(self, counter):
+        """Record `counter`; the caller has checked it."""
+        if counter > self.highest:
+            shift = counter - self.highest
+            if self.highest < 0 or shift >= self.size:
+                self.seen = 1
+            else:
+                self.seen = ((self.seen << shift) | 1) & ((1 << self.size) - 1)
+            self.highest = counter
+        else:
+            self.seen |= 1 << (self.highest - counter)

@@ -1,0 +1,162 @@
+"""Buffer: verified readings → a durable SQLite outbox, until the store has them.
+
+In:  batches of Readings, with the replay windows and rejection counts they moved.
+Out: the oldest readings first, for the forwarder; deleted once the store has them.
+On failure: commit() raises and nothing of the batch is kept, so the caller does not
+ack it and the broker redelivers.
+
+Durability: WAL journal with synchronous=FULL.  The gateway acks the broker only after
+commit() returns, so a power cut must not lose a committed transaction; FULL fsyncs the
+WAL at each commit (NORMAL could drop the last ones).  The cost is paid once per group
+commit, not per reading, which keeps SD cards alive.  Readings, replay windows and
+rejection counters change in one transaction, so after a crash they agree.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Iterable
+
+from firmware.protocol import ReplayWindow
+from gateway.model import Reading
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    node TEXT NOT NULL, kind TEXT NOT NULL, zone TEXT NOT NULL, site TEXT NOT NULL,
+    counter INTEGER NOT NULL, time_s INTEGER NOT NULL, window_s INTEGER NOT NULL,
+    status INTEGER NOT NULL, estimated INTEGER NOT NULL, fields TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS replay_window (
+    node_id INTEGER PRIMARY KEY, highest INTEGER NOT NULL, seen BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS quarantine (
+    id INTEGER PRIMARY KEY, reading TEXT NOT NULL, error TEXT NOT NULL, at_s REAL NOT NULL
+);
+"""
+
+
+class Outbox:
+    """One writer (the pipeline) and one reader (the forwarder) share it; a lock keeps
+    their statements apart on the single connection."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- writer -------------------------------------------------------------------------
+
+    def commit(
+        self,
+        readings: Iterable[Reading],
+        windows: dict[int, ReplayWindow],
+        counts: Counter | None = None,
+    ) -> None:
+        rows = [
+            (
+                r.node, r.kind, r.zone, r.site, r.counter, r.time_s, r.window_s,
+                int(r.status), int(r.time_estimated),
+                json.dumps(r.fields, separators=(",", ":")),
+            )
+            for r in readings
+        ]
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany(
+                    "INSERT INTO outbox (node, kind, zone, site, counter, time_s, window_s,"
+                    " status, estimated, fields) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    rows,
+                )
+                db.executemany(
+                    "INSERT OR REPLACE INTO replay_window VALUES (?,?,?)",
+                    [(n, w.highest, w.seen.to_bytes(8, "big")) for n, w in windows.items()],
+                )
+                if counts:
+                    db.executemany(
+                        "INSERT INTO counters VALUES (?, ?) ON CONFLICT(name)"
+                        " DO UPDATE SET value = value + excluded.value",
+                        list(counts.items()),
+                    )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    def load_windows(self) -> dict[int, ReplayWindow]:
+        with self._lock:
+            rows = self._db.execute("SELECT node_id, highest, seen FROM replay_window").fetchall()
+        return {n: ReplayWindow(h, int.from_bytes(s, "big")) for n, h, s in rows}
+
+    def counters(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._db.execute("SELECT name, value FROM counters").fetchall())
+
+    # -- reader -------------------------------------------------------------------------
+
+    def peek(self, limit: int) -> list[tuple[int, Reading]]:
+        """The oldest `limit` readings with their outbox ids."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, node, kind, zone, site, counter, time_s, window_s, status,"
+                " estimated, fields FROM outbox ORDER BY id LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [
+            (
+                row[0],
+                Reading(
+                    node=row[1], kind=row[2], zone=row[3], site=row[4], counter=row[5],
+                    time_s=row[6], window_s=row[7], fields=json.loads(row[10]),
+                    status=bool(row[8]), time_estimated=bool(row[9]),
+                ),
+            )
+            for row in rows
+        ]
+
+    def remove(self, ids: list[int], counter: str = "forwarded") -> None:
+        """Drop readings the store now has (or that were quarantined)."""
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
+                db.execute(
+                    "INSERT INTO counters VALUES (?, ?) ON CONFLICT(name)"
+                    " DO UPDATE SET value = value + excluded.value",
+                    (counter, len(ids)),
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    def quarantine(self, item: tuple[int, Reading], error: str, at_s: float) -> None:
+        """Set aside a reading the store refuses for good, so it never blocks the queue."""
+        outbox_id, reading = item
+        doc = json.dumps({**reading.tags, "time_s": reading.time_s, "fields": reading.fields})
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO quarantine VALUES (?, ?, ?, ?)", (outbox_id, doc, error, at_s)
+            )
+        self.remove([outbox_id], counter="quarantined")
+
+    def depth(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT count(*) FROM outbox").fetchone()[0]

@@ -1,0 +1,84 @@
+"""`dordt gateway ...`: run the gateway daemon, query the local store."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import threading
+import time
+
+from dordt.errors import UserError
+
+
+def register(groups) -> None:
+    g = groups.add_parser("gateway", help="the lamppost gateway daemon",
+                          description="Ingest, verify, anonymise, buffer and forward frames.")
+    sub = g.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = sub.add_parser("run", help="run the gateway until stopped (SIGINT/SIGTERM)")
+    run.add_argument("--broker", required=True, metavar="URL", help="mqtt://HOST:PORT")
+    run.add_argument("--keyring", required=True, metavar="PATH", help="node keyring (JSON)")
+    run.add_argument("--store", required=True, metavar="SPEC",
+                     help="sqlite:PATH or http://HOST:PORT (InfluxDB / VictoriaMetrics)")
+    run.add_argument("--data-dir", required=True, metavar="DIR",
+                     help="where the durable outbox lives")
+    run.add_argument("--client-id", default="dordt-gateway",
+                     help="MQTT client id; the broker keeps this session while we are away")
+    run.add_argument("--duration", type=float, metavar="S",
+                     help="stop after S seconds (default: run until signalled)")
+    run.set_defaults(handler=command_run)
+
+    query = sub.add_parser("query", help="show what a local (sqlite) store holds")
+    query.add_argument("--store", required=True, metavar="PATH", help="the store file")
+    query.add_argument("--zone")
+    query.add_argument("--kind", help="air, noise, crowd or node_status")
+    query.add_argument("--json", action="store_true", help="one JSON object per node")
+    query.set_defaults(handler=command_query)
+
+
+def command_run(args: argparse.Namespace) -> int:
+    from fleet.keyring import Keyring, KeyringError
+    from gateway.forward import open_store
+    from gateway.pipeline import Gateway
+
+    try:
+        keyring = Keyring.load(args.keyring)
+        store = open_store(args.store)
+        gateway = Gateway(keyring, store, args.data_dir, args.broker, client_id=args.client_id)
+    except (KeyringError, ValueError) as exc:
+        raise UserError(str(exc), 2) from exc
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    gateway.start()
+    print(f"gateway: {len(keyring)} nodes, broker {args.broker}, store {args.store}",
+          flush=True)
+    stop.wait(args.duration)
+    gateway.stop(drain_timeout_s=5)
+    s = gateway.stats
+    print(json.dumps({"received": s.received, "accepted": s.accepted,
+                      "rejected": dict(s.rejected)}), flush=True)
+    return 0
+
+
+def command_query(args: argparse.Namespace) -> int:
+    from gateway.forward.local import LocalStore
+
+    store = LocalStore(args.store, create=False)
+    try:
+        rows = store.latest(zone=args.zone, kind=args.kind)
+    finally:
+        store.close()
+    if args.json:
+        for row in rows:
+            print(json.dumps(row, sort_keys=True))
+        return 0
+    if not rows:
+        print("no readings match")
+    for row in rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(row["time_s"]))
+        fields = " ".join(f"{k}={v:g}" for k, v in sorted(row["fields"].items()))
+        print(f"{row['zone']:<14} {row['site']:<8} {row['node']} {row['measurement']:<12} "
+              f"{when}Z {fields}")
+    return 0

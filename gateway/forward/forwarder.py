@@ -1,0 +1,110 @@
+"""The forwarder: oldest buffered readings → Store, in batches, until the outbox is empty.
+
+Synchronous writes of our own batches (`influxdb-client`'s batching writer loses data on
+exit and on errors).  A batch leaves the outbox only after the store took it; a store
+fault keeps it and backs off (exponential, with jitter, honouring Retry-After); a batch
+the store refuses for good is split until the bad readings are found and quarantined, so
+one bad reading never blocks the queue.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from typing import Callable
+
+from gateway.buffer import Outbox
+from gateway.forward import PermanentStoreError, RetryableStoreError, Store
+
+BATCH_MAX = 5000  # lines per write: the InfluxDB guidance for batch size
+
+
+class Forwarder:
+    def __init__(
+        self,
+        outbox: Outbox,
+        store: Store,
+        batch_max: int = BATCH_MAX,
+        backoff_min_s: float = 0.2,
+        backoff_max_s: float = 60.0,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ):
+        self.outbox = outbox
+        self.store = store
+        self.batch_max = batch_max
+        self.backoff_min_s = backoff_min_s
+        self.backoff_max_s = backoff_max_s
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.failures = 0  # consecutive retryable failures
+        self.last_error: str | None = None
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def drain_once(self) -> int:
+        """Send one batch.  Returns how many readings left the outbox (0: empty).
+        Raises RetryableStoreError when the store is unavailable."""
+        batch = self.outbox.peek(self.batch_max)
+        if not batch:
+            return 0
+        self._send(batch)
+        self.failures = 0
+        self.last_error = None
+        return len(batch)
+
+    def _send(self, batch) -> None:
+        try:
+            self.store.write([r for _, r in batch])
+        except PermanentStoreError as exc:
+            if len(batch) == 1:
+                self.outbox.quarantine(batch[0], str(exc), self.clock())
+                return
+            half = len(batch) // 2
+            self._send(batch[:half])
+            self._send(batch[half:])
+            return
+        self.outbox.remove([i for i, _ in batch])
+
+    def backoff_s(self, retry_after_s: float | None) -> float:
+        """Full-jitter exponential backoff, never shorter than the store's Retry-After."""
+        cap = min(self.backoff_max_s, self.backoff_min_s * (2 ** min(self.failures, 20)))
+        delay = self.rng.uniform(self.backoff_min_s, cap)
+        if retry_after_s is not None:
+            delay = max(delay, retry_after_s)
+        return delay
+
+    # -- background thread ----------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="forwarder", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                sent = self.drain_once()
+            except RetryableStoreError as exc:
+                self.failures += 1
+                self.last_error = str(exc)
+                self._stop.wait(self.backoff_s(exc.retry_after_s))
+                continue
+            if sent == 0:
+                self._wake.wait(0.5)
+                self._wake.clear()
+
+    def stop(self, drain_timeout_s: float = 0.0) -> None:
+        """Stop the thread; with a timeout, first give the outbox that long to empty."""
+        deadline = time.monotonic() + drain_timeout_s
+        while drain_timeout_s and time.monotonic() < deadline and self.outbox.depth():
+            self.wake()
+            time.sleep(0.05)
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(30)

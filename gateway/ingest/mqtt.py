@@ -1,0 +1,90 @@
+"""MQTT ingest: QoS 1 frames from `dordt/v1/+/+/up` → Envelopes on a queue.
+
+Persistent session (clean_session=False, a fixed client id) so the broker queues frames
+while the gateway is away, and paho's manual ack: the broker's PUBACK is sent only when
+the pipeline calls the envelope's ack, after the reading is committed.  A frame that was
+never acked is redelivered after a reconnect; the replay window makes that harmless.
+paho's network thread reconnects by itself (1 s .. 30 s back-off).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from urllib.parse import urlparse
+
+import paho.mqtt.client as mqtt
+
+from firmware import protocol
+from gateway.model import Envelope
+
+log = logging.getLogger("dordt.gateway.mqtt")
+
+SUBSCRIPTION = protocol.TOPIC_ROOT + "/+/+/up"
+
+
+def parse_broker_url(url: str) -> tuple[str, int]:
+    """'mqtt://host:port' (or 'host:port') → (host, port); port defaults to 1883."""
+    parsed = urlparse(url if "://" in url else "mqtt://" + url)
+    if parsed.scheme not in ("mqtt", "tcp") or not parsed.hostname:
+        raise ValueError(f"broker URL {url!r}: expected mqtt://HOST[:PORT]")
+    return parsed.hostname, parsed.port or 1883
+
+
+class MqttIngest:
+    def __init__(self, broker_url: str, out: "queue.Queue[Envelope]", client_id: str,
+                 topic: str = SUBSCRIPTION):
+        self.host, self.port = parse_broker_url(broker_url)
+        self.out = out
+        self.topic = topic
+        self.connected = threading.Event()
+        self.connects = 0
+        self._client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            clean_session=False,
+            manual_ack=True,
+        )
+        self._client.max_inflight_messages_set(1000)
+        self._client.max_queued_messages_set(0)
+        self._client.reconnect_delay_set(1, 30)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+
+    def start(self) -> None:
+        self._client.connect_async(self.host, self.port, keepalive=30)
+        self._client.loop_start()
+
+    def wait_connected(self, timeout_s: float) -> bool:
+        return self.connected.wait(timeout_s)
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.warning("broker %s:%d refused the connection: %s", self.host, self.port,
+                        reason_code)
+            return
+        self.connects += 1
+        client.subscribe(self.topic, qos=1)
+        self.connected.set()
+        log.info("connected to broker %s:%d (session present: %s)", self.host, self.port,
+                 flags.session_present)
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self.connected.clear()
+        log.warning("lost broker %s:%d (%s); reconnecting", self.host, self.port, reason_code)
+
+    def _on_message(self, client, userdata, message) -> None:
+        mid, qos = message.mid, message.qos
+
+        def ack() -> None:
+            if qos:
+                client.ack(mid, qos)
+
+        self.out.put(Envelope("mqtt", message.topic, bytes(message.payload), time.time(), ack))

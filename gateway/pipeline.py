@@ -1,0 +1,135 @@
+"""The one place that wires the gateway's stages, in order:
+
+    ingest → verify → anonymise → buffer → forward
+
+A processing thread takes envelopes off the ingest queue in groups (up to `group_max`,
+or whatever arrived within `group_wait_s`), verifies and anonymises them, commits the
+group to the outbox in one transaction, and only then acks every envelope of the group
+to its link.  The forwarder drains the outbox to the store on its own thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fleet.keyring import Keyring
+from gateway.anonymise import anonymise
+from gateway.buffer import Outbox
+from gateway.forward import Store
+from gateway.forward.forwarder import Forwarder
+from gateway.ingest.mqtt import MqttIngest
+from gateway.model import Envelope, Reading, Rejected
+from gateway.verify import Verifier
+
+log = logging.getLogger("dordt.gateway")
+
+
+@dataclass
+class GatewayStats:
+    received: int = 0
+    accepted: int = 0
+    rejected: Counter = field(default_factory=Counter)
+
+
+class Gateway:
+    def __init__(
+        self,
+        keyring: Keyring,
+        store: Store,
+        data_dir: str | Path,
+        broker_url: str | None = None,
+        client_id: str = "dordt-gateway",
+        group_max: int = 2000,
+        group_wait_s: float = 0.05,
+    ):
+        self.data_dir = Path(data_dir)
+        self.outbox = Outbox(self.data_dir / "outbox.sqlite")
+        self.verifier = Verifier(keyring, self.outbox.load_windows())
+        self.forwarder = Forwarder(self.outbox, store)
+        self.store = store
+        self.queue: queue.Queue[Envelope] = queue.Queue()
+        self.ingest = MqttIngest(broker_url, self.queue, client_id) if broker_url else None
+        self.group_max = group_max
+        self.group_wait_s = group_wait_s
+        self.stats = GatewayStats()
+        self.rejections: list[Rejected] = []  # the latest few, for people
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- processing -------------------------------------------------------------------------
+
+    def process(self, envelopes: list[Envelope]) -> list[Reading | Rejected]:
+        """Verify, anonymise and durably commit one group, then ack it."""
+        results = [self.verifier.check(env) for env in envelopes]
+        readings = [anonymise(r) for r in results if isinstance(r, Reading)]
+        rejected = Counter(r.reason for r in results if isinstance(r, Rejected))
+        counts = Counter({"received": len(envelopes), "accepted": len(readings)})
+        counts.update({f"rejected.{k}": v for k, v in rejected.items()})
+        try:
+            self.outbox.commit(readings, self.verifier.take_dirty(), counts)
+        except Exception:
+            # Nothing of this group is durable: forget its window moves and do not ack,
+            # so the broker redelivers it.
+            self.verifier.restore(self.outbox.load_windows())
+            raise
+        for env in envelopes:
+            if env.ack is not None:
+                env.ack()
+        self.stats.received += len(envelopes)
+        self.stats.accepted += len(readings)
+        self.stats.rejected.update(rejected)
+        for r in results:
+            if isinstance(r, Rejected):
+                log.info("rejected %s frame (%s): %s", r.source, r.reason, r.detail)
+                self.rejections = (self.rejections + [r])[-20:]
+        if readings:
+            self.forwarder.wake()
+        return results
+
+    def _run(self) -> None:
+        while not self._stop.is_set() or not self.queue.empty():
+            try:
+                first = self.queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            group = [first]
+            deadline = time.monotonic() + self.group_wait_s
+            while len(group) < self.group_max:
+                remaining = deadline - time.monotonic()
+                try:
+                    group.append(self.queue.get(timeout=max(remaining, 0)) if remaining > 0
+                                 else self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self.process(group)
+            except Exception:
+                log.exception("could not commit %d frames; they stay unacked", len(group))
+                time.sleep(1)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="pipeline", daemon=True)
+        self._thread.start()
+        self.forwarder.start()
+        if self.ingest is not None:
+            self.ingest.start()
+
+    def stop(self, drain_timeout_s: float = 10.0) -> None:
+        """Stop ingest, commit what was received, give the forwarder up to
+        `drain_timeout_s` to empty the outbox, then close everything."""
+        if self.ingest is not None:
+            self.ingest.stop()
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(30)
+        self.forwarder.stop(drain_timeout_s)
+        self.store.close()
+        self.outbox.close()

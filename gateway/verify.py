@@ -1,0 +1,135 @@
+"""Verify: Envelope → Reading | Rejected.
+
+In:  raw frames with the topic they came on.  Out: a `Reading` whose node, key, tag,
+counter, kind and metrics all check out, or a `Rejected` naming the reason (one of
+REASONS, in the order they are applied; docs/protocol.md §6).  Never raises for any
+input bytes: a hostile frame costs a counter increment, nothing else.
+
+Replay windows advance as frames are accepted.  The pipeline persists them in the same
+transaction as the readings (buffer.Outbox.commit) and calls `restore()` if that commit
+fails, so a reading that never became durable is not later refused as a replay.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from firmware import metrics, protocol
+from firmware.protocol import FrameError, ReplayWindow
+from fleet.keyring import Keyring
+from gateway.model import Envelope, Reading, Rejected
+
+REASONS = (
+    protocol.MALFORMED,
+    protocol.TRUNCATED,
+    protocol.OVERSIZED,
+    protocol.BAD_VERSION,
+    "topic_mismatch",
+    "unknown_node",
+    "revoked",
+    "unknown_key",
+    protocol.BAD_TAG,
+    protocol.REPLAY,
+    protocol.TOO_OLD,
+    "kind_mismatch",
+    "metric",
+)
+
+
+class Verifier:
+    def __init__(
+        self,
+        keyring: Keyring,
+        windows: dict[int, ReplayWindow] | None = None,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.keyring = keyring
+        self.windows: dict[int, ReplayWindow] = windows if windows is not None else {}
+        self.clock = clock
+        self.dirty: set[int] = set()  # nodes whose window moved since the last commit
+
+    def check(self, env: Envelope) -> Reading | Rejected:
+        try:
+            return self._check(env)
+        except FrameError as exc:
+            return Rejected(exc.reason, exc.message, env.source)
+
+    def _check(self, env: Envelope) -> Reading | Rejected:
+        frame = protocol.decode(env.payload)
+        node = protocol.node_name(frame.node_id)
+
+        def reject(reason: str, detail: str) -> Rejected:
+            return Rejected(reason, detail, env.source, node)
+
+        if env.topic:
+            parsed = protocol.parse_topic_up(env.topic)
+            if parsed is None or parsed[1] != frame.node_id:
+                return reject("topic_mismatch", f"frame of node {node} on topic {env.topic!r}")
+        entry = self.keyring.get(frame.node_id)
+        if entry is None:
+            return reject("unknown_node", f"node {node} is not in the keyring")
+        if entry.revoked:
+            return reject("revoked", f"node {node} is revoked")
+        key = entry.keys.get(frame.key_id)
+        if key is None:
+            return reject("unknown_key", f"node {node} has no key id {frame.key_id}")
+        if not protocol.verify(frame, key):
+            return reject(protocol.BAD_TAG, f"tag does not verify for node {node}")
+        window = self.windows.get(frame.node_id)
+        if window is None:
+            window = self.windows[frame.node_id] = ReplayWindow()
+        replay = window.check(frame.counter)
+        if replay is not None:
+            return reject(replay, f"node {node} counter {frame.counter} ({replay})")
+        if frame.kind != entry.kind_id:
+            return reject(
+                "kind_mismatch",
+                f"node {node} is enrolled as {entry.kind}, frame says kind {frame.kind}",
+            )
+        fields: dict[str, float] = {}
+        for metric_id, raw in frame.metrics:
+            metric = metrics.BY_ID.get(metric_id)
+            problem = _metric_problem(metric, metric_id, raw, frame, entry.kind_id)
+            if problem:
+                return reject("metric", f"node {node}: {problem}")
+            fields[metric.name] = metric.to_value(raw)
+        window.accept(frame.counter)
+        self.dirty.add(frame.node_id)
+        synced = frame.time_synced
+        return Reading(
+            node=node,
+            kind=entry.kind,
+            zone=entry.zone,
+            site=entry.site,
+            counter=frame.counter,
+            time_s=frame.timestamp if synced else int(env.received_s or self.clock()),
+            window_s=frame.window_s,
+            fields=fields,
+            status=frame.is_status,
+            time_estimated=not synced,
+        )
+
+    def take_dirty(self) -> dict[int, ReplayWindow]:
+        """The windows that moved since the last call, for the buffer to persist."""
+        moved = {n: self.windows[n] for n in self.dirty}
+        self.dirty = set()
+        return moved
+
+    def restore(self, windows: dict[int, ReplayWindow]) -> None:
+        """Go back to the durable windows after a failed commit."""
+        self.windows = windows
+        self.dirty = set()
+
+
+def _metric_problem(metric, metric_id: int, raw: int, frame, kind_id: int) -> str | None:
+    if metric is None:
+        return f"unknown metric id 0x{metric_id:02x}"
+    if not metrics.allowed_for(kind_id, metric):
+        return f"metric {metric.name} is not sent by {metrics.KIND_NAMES[kind_id]} nodes"
+    if (metric.group == metrics.GROUP_STATUS) != frame.is_status:
+        where = "a status" if frame.is_status else "a measurement"
+        return f"metric {metric.name} does not belong in {where} frame"
+    if not metric.raw_min <= raw <= metric.raw_max:
+        return f"{metric.name} raw value {raw} outside {metric.raw_min}..{metric.raw_max}"
+    return None

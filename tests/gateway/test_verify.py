@@ -1,0 +1,127 @@
+"""verify: every rejection reason, in order, and no exception for any input."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from firmware import metrics, protocol
+from gateway.model import Envelope, Reading, Rejected
+from gateway.verify import REASONS, Verifier
+from simulators.fleet import SimFleet
+
+NOW = 1_790_000_000
+
+
+def setup():
+    fleet = SimFleet(seed=7)
+    ring = fleet.keyring()
+    return fleet, ring, Verifier(ring, clock=lambda: NOW + 0.5)
+
+
+def env(topic, payload, received=NOW + 0.5):
+    return Envelope("mqtt", topic, payload, received)
+
+
+def node_of(fleet, kind):
+    return next(n for n in fleet.nodes if n.placement.kind == kind)
+
+
+def test_good_frames_of_every_kind_become_readings():
+    fleet, ring, v = setup()
+    for node in fleet.nodes:
+        values = node.values(NOW)
+        r = v.check(env(node.topic, node.encode(values, NOW, 10)))
+        assert isinstance(r, Reading), r
+        assert (r.node, r.zone, r.site, r.kind) == (
+            protocol.node_name(node.node_id), node.placement.zone, node.placement.site,
+            node.placement.kind)
+        assert r.time_s == NOW and r.window_s == 10 and not r.status
+        for name, value in values.items():
+            step = 10.0 ** metrics.BY_NAME[name].exp
+            assert abs(r.fields[name] - value) <= step / 2 + 1e-9
+
+
+def test_zone_and_site_come_from_the_keyring_not_the_topic():
+    fleet, ring, v = setup()
+    node = node_of(fleet, "air")
+    other_zone_topic = protocol.topic_up("maasterras", node.node_id)
+    r = v.check(env(other_zone_topic, node.frame(NOW)))
+    assert isinstance(r, Reading) and r.zone == node.placement.zone != "maasterras"
+
+
+def reason(result):
+    assert isinstance(result, Rejected), result
+    assert result.reason in REASONS
+    return result.reason
+
+
+def test_each_rejection_reason():
+    fleet, ring, v = setup()
+    air, noise = node_of(fleet, "air"), node_of(fleet, "noise")
+    good = air.frame(NOW)
+    assert isinstance(v.check(env(air.topic, good)), Reading)
+    assert reason(v.check(env(air.topic, good))) == "replay"
+    assert reason(v.check(env(air.topic, good[:20]))) == "truncated"
+    assert reason(v.check(env(air.topic, good + bytes(200)))) == "oversized"
+    assert reason(v.check(env(air.topic, b"\x02" + good[1:]))) == "version"
+    assert reason(v.check(env(air.topic, good[:2] + b"\x80" + good[3:]))) == "malformed"
+    assert reason(v.check(env(noise.topic, air.frame(NOW)))) == "topic_mismatch"
+    assert reason(v.check(env("dordt/v1/x/up", air.frame(NOW)))) == "topic_mismatch"
+    f = air.frame(NOW)
+    assert reason(v.check(env(air.topic, f[:-1] + bytes([f[-1] ^ 1])))) == "bad_tag"
+    # unknown node / key, revoked
+    from simulators.fleet import stranger
+    topic, frame = stranger(7, NOW)
+    assert reason(v.check(env(topic, frame))) == "unknown_node"
+    other_key = protocol.encode(air.key, 1, air.node_id, 10_000, NOW, 10, [(1, 5)], key_id=3)
+    assert reason(v.check(env(air.topic, other_key))) == "unknown_key"
+    # kind mismatch: the air node's key signing a noise frame
+    wrong_kind = protocol.encode(air.key, metrics.KIND_NOISE, air.node_id, 10_001, NOW, 10,
+                                 [(0x20, 600)])
+    assert reason(v.check(env(air.topic, wrong_kind))) == "kind_mismatch"
+    # metric: unknown id, another kind's metric, out of range, status metric misplaced
+    for pairs, flags in (([(0x1F, 1)], 0), ([(0x60, 3)], 0), ([(0x01, 99999)], 0),
+                         ([(0xE0, 5)], 0), ([(0x01, 5)], protocol.FLAG_STATUS)):
+        f = protocol.encode(air.key, 1, air.node_id, air.counter + 100, NOW, 10, pairs,
+                            flags=flags)
+        air.counter += 100
+        assert reason(v.check(env(air.topic, f))) == "metric"
+    ring.revoke(air.node_id)
+    assert reason(v.check(env(air.topic, air.frame(NOW)))) == "revoked"
+
+
+def test_reordering_inside_the_window_is_accepted_and_old_counters_refused():
+    fleet, ring, v = setup()
+    node = node_of(fleet, "crowd")
+    frames = [node.frame(NOW + i) for i in range(100)]  # counters 1..100
+    for i in (5, 3, 4, 0, 90, 27):  # 28 is 63 below the highest (91): still inside
+        assert isinstance(v.check(env(node.topic, frames[i])), Reading), i
+    assert reason(v.check(env(node.topic, frames[26]))) == "too_old"  # 64 below
+    assert reason(v.check(env(node.topic, frames[27]))) == "replay"
+
+
+def test_unsynced_time_is_replaced_by_receive_time():
+    fleet, ring, v = setup()
+    node = node_of(fleet, "noise")
+    f = node.encode(node.values(NOW), 1234, 10, flags=protocol.FLAG_TIME_UNSYNCED)
+    r = v.check(env(node.topic, f, received=NOW + 3.7))
+    assert isinstance(r, Reading) and r.time_s == NOW + 3 and r.time_estimated
+
+
+def test_restore_forgets_window_moves_that_never_became_durable():
+    fleet, ring, v = setup()
+    node = node_of(fleet, "air")
+    f = node.frame(NOW)
+    durable = {k: protocol.ReplayWindow(w.highest, w.seen) for k, w in v.windows.items()}
+    assert isinstance(v.check(env(node.topic, f)), Reading)
+    v.restore(durable)  # the commit failed: the broker will redeliver f
+    assert isinstance(v.check(env(node.topic, f)), Reading)
+
+
+@settings(max_examples=300, deadline=None)
+@given(payload=st.binary(max_size=260), topic=st.text(max_size=40))
+def test_any_input_is_a_reading_or_a_counted_rejection(payload, topic):
+    fleet, ring, v = setup()
+    result = v.check(env(topic, payload))
+    assert isinstance(result, Rejected) and result.reason in REASONS
