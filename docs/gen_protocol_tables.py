@@ -7,7 +7,7 @@ A generated block sits between `<!-- NAME:begin -->` and `<!-- NAME:end -->`; on
 between the two markers is replaced, everything else in the document is written by hand.
 
 Blocks: `metric-table`, `rssi-bins` and `bands` come from firmware/metrics.py; `air-example`
-(the worked example of §2.3) is encoded and signed with firmware/protocol.py, so the bytes
+(the worked example of §2.5) is encoded and signed with firmware/protocol.py, so the bytes
 in the document are the bytes the code produces.  The same frame is the `air_typical`
 vector in tests/vectors/frames.json (tests/firmware/test_protocol.py checks they agree).
 """
@@ -24,9 +24,9 @@ DOC = REPO / "docs" / "protocol.md"
 if str(REPO) not in sys.path:  # run as a plain script from a checkout
     sys.path.insert(0, str(REPO))
 
-from firmware import metrics, protocol  # noqa: E402
+from firmware import metrics, protocol
 
-# The worked example (§2.3).  Keep in step with `air_typical` in tests/vectors/make_vectors.py.
+# The worked example (§2.5).  Keep in step with `air_typical` in tests/vectors/make_vectors.py.
 EXAMPLE_KEY = bytes(range(32))
 EXAMPLE_FIELDS = {
     "kind": metrics.KIND_AIR,
@@ -52,7 +52,7 @@ EXAMPLE_SITE = "lamppost-17"
 
 def _decimal(value, exp):
     """`value` written with as many decimals as the scale 10**exp has."""
-    return "%.*f" % (max(0, -exp), value)
+    return f"{value:.{max(0, -exp)}f}"
 
 
 def metric_table():
@@ -62,13 +62,9 @@ def metric_table():
     ]
     for metric_id in sorted(metrics.BY_ID):
         m = metrics.BY_ID[metric_id]
-        lines.append(
-            "| 0x%02x | `%s` | %s | %s | %s | %s | %d | %d | %s |"
-            % (
-                m.id, m.name, m.unit, _decimal(10.0**m.exp, m.exp), _decimal(m.min, m.exp),
-                _decimal(m.max, m.exp), m.raw_min, m.raw_max, m.group,
-            )
-        )
+        scale, lo, hi = (_decimal(v, m.exp) for v in (10.0**m.exp, m.min, m.max))
+        lines.append(f"| 0x{m.id:02x} | `{m.name}` | {m.unit} | {scale} | {lo} | {hi} "
+                     f"| {m.raw_min} | {m.raw_max} | {m.group} |")
     return "\n".join(lines)
 
 
@@ -76,25 +72,24 @@ def rssi_bins():
     edges = metrics.RSSI_BIN_EDGES_DBM
     lines = ["| id | name | RSSI range (dBm) |", "|---|---|---|"]
     for i in range(len(edges) + 1):
-        name = "rssi_bin_%d" % i
-        lower = "node floor" if i == 0 else "%d" % edges[i - 1]
-        upper = "open" if i == len(edges) else "%d" % edges[i]
-        rng = "[%s, %s)" % (lower, upper) if i < len(edges) else "[%s, +inf)" % lower
-        lines.append("| 0x%02x | `%s` | %s |" % (metrics.BY_NAME[name].id, name, rng))
+        name = f"rssi_bin_{i}"
+        lower = "node floor" if i == 0 else str(edges[i - 1])
+        upper = "+inf" if i == len(edges) else str(edges[i])
+        lines.append(f"| 0x{metrics.BY_NAME[name].id:02x} | `{name}` | [{lower}, {upper}) |")
     return "\n".join(lines)
 
 
 def bands():
     lines = ["| id | name | nominal centre (Hz) |", "|---|---|---|"]
-    for i, centre in enumerate(metrics.BAND_CENTRES_HZ):
-        name = "band_%shz_db" % centre
-        lines.append("| 0x%02x | `%s` | %s |" % (metrics.BY_NAME[name].id, name,
-                                                 centre.replace("_", ".")))
+    for centre in metrics.BAND_CENTRES_HZ:
+        name = f"band_{centre}hz_db"
+        hz = centre.replace("_", ".")
+        lines.append(f"| 0x{metrics.BY_NAME[name].id:02x} | `{name}` | {hz} |")
     return "\n".join(lines)
 
 
 def _hexs(data):
-    return " ".join("%02x" % b for b in data)
+    return " ".join(f"{b:02x}" for b in data)
 
 
 def _zigzag(raw):
@@ -108,68 +103,66 @@ def air_example():
         f["metrics"], f["key_id"], f["flags"],
     )
     signed = frame[: -protocol.TAG_LEN]
-    when = datetime.datetime.fromtimestamp(f["timestamp"], datetime.timezone.utc)
+    kind_name = metrics.KIND_NAMES[f["kind"]]
+    node = protocol.node_name(f["node_id"])
+    when = datetime.datetime.fromtimestamp(f["timestamp"], datetime.UTC)
     rows = [
         (0, 1, "version", "1"),
-        (1, 1, "kind", "%d (`%s`)" % (f["kind"], metrics.KIND_NAMES[f["kind"]])),
-        (2, 1, "flags", "0x%02x (time synced, measurement frame)" % f["flags"]),
-        (3, 1, "key id", "%d" % f["key_id"]),
-        (4, 4, "node id", "0x%08x (`%s` in topics and tags)" % (
-            f["node_id"], protocol.node_name(f["node_id"]))),
-        (8, 4, "counter", "%d" % f["counter"]),
-        (12, 4, "timestamp", "%d (%s)" % (f["timestamp"], when.strftime("%Y-%m-%dT%H:%M:%SZ"))),
-        (16, 2, "window_s", "%d s" % f["window_s"]),
-        (18, 1, "metric count", "%d" % len(f["metrics"])),
+        (1, 1, "kind", f"{f['kind']} (`{kind_name}`)"),
+        (2, 1, "flags", f"0x{f['flags']:02x} (time synced, measurement frame)"),
+        (3, 1, "key id", str(f["key_id"])),
+        (4, 4, "node id", f"0x{f['node_id']:08x} (`{node}` in topics and tags)"),
+        (8, 4, "counter", str(f["counter"])),
+        (12, 4, "timestamp", f"{f['timestamp']} ({when:%Y-%m-%dT%H:%M:%SZ})"),
+        (16, 2, "window_s", f"{f['window_s']} s"),
+        (18, 1, "metric count", str(len(f["metrics"]))),
     ]
     pos = protocol.HEADER_LEN
     for metric_id, raw in f["metrics"]:
         m = metrics.BY_ID[metric_id]
-        rows.append((pos, 1, "metric id", "0x%02x `%s`" % (metric_id, m.name)))
+        rows.append((pos, 1, "metric id", f"0x{metric_id:02x} `{m.name}`"))
         pos += 1
         size = 1
         while frame[pos + size - 1] & 0x80:
             size += 1
-        rows.append((pos, size, "value", "zigzag %d, raw %d, %s %s" % (
-            _zigzag(raw), raw, _decimal(m.to_value(raw), m.exp), m.unit)))
+        value = _decimal(m.to_value(raw), m.exp)
+        rows.append((pos, size, "value", f"zigzag {_zigzag(raw)}, raw {raw}, {value} {m.unit}"))
         pos += size
     rows.append((pos, protocol.TAG_LEN, "tag", "HMAC-SHA256 truncated to 16 bytes (§4)"))
     assert pos + protocol.TAG_LEN == len(frame)
 
-    fields = ",".join(
-        "%s=%r" % (metrics.BY_ID[i].name, metrics.BY_ID[i].to_value(raw))
-        for i, raw in sorted(f["metrics"], key=lambda p: metrics.BY_ID[p[0]].name)
-    )
-    line = "%s,kind=%s,node=%s,site=%s,zone=%s %s %d" % (
-        metrics.KIND_NAMES[f["kind"]], metrics.KIND_NAMES[f["kind"]],
-        protocol.node_name(f["node_id"]), EXAMPLE_SITE, EXAMPLE_ZONE, fields, f["timestamp"],
-    )
+    by_name = sorted((metrics.BY_ID[i].name, metrics.BY_ID[i].to_value(raw))
+                     for i, raw in f["metrics"])
+    fields = ",".join(f"{name}={value!r}" for name, value in by_name)
+    line = (f"{kind_name},kind={kind_name},node={node},site={EXAMPLE_SITE},zone={EXAMPLE_ZONE} "
+            f"{fields} {f['timestamp']}")
+    topic = protocol.topic_up(EXAMPLE_ZONE, f["node_id"])
+    full_mac = protocol.hmac_sha256(EXAMPLE_KEY, signed).hex()
+    sizes = f"{len(signed)} signed bytes + {protocol.TAG_LEN} tag bytes"
     out = [
-        "Key (32 bytes): `%s`" % EXAMPLE_KEY.hex(),
+        f"Key (32 bytes): `{EXAMPLE_KEY.hex()}`",
         "",
-        "The frame, %d bytes (%d signed bytes + %d tag bytes):" % (
-            len(frame), len(signed), protocol.TAG_LEN),
+        f"The frame, {len(frame)} bytes ({sizes}):",
         "",
         "```",
     ]
-    for i in range(0, len(frame), 16):
-        out.append("%04x  %s" % (i, _hexs(frame[i : i + 16])))
+    out += [f"{i:04x}  {_hexs(frame[i : i + 16])}" for i in range(0, len(frame), 16)]
     out += [
         "```",
         "",
         "| offset | size | bytes | field | value |",
         "|---|---|---|---|---|",
     ]
-    for offset, size, name, value in rows:
-        out.append("| %d | %d | `%s` | %s | %s |" % (
-            offset, size, _hexs(frame[offset : offset + size]), name, value))
+    out += [f"| {offset} | {size} | `{_hexs(frame[offset : offset + size])}` | {name} | {value} |"
+            for offset, size, name, value in rows]
     out += [
         "",
-        "HMAC-SHA256(key, bytes 0..%d) = `%s`; the tag is its first 16 bytes." % (
-            len(signed) - 1, protocol.hmac_sha256(EXAMPLE_KEY, signed).hex()),
+        f"HMAC-SHA256(key, bytes 0..{len(signed) - 1}) =",
+        f"`{full_mac}`;",
+        "the tag is its first 16 bytes.",
         "",
-        "Published on `%s` (zone `%s`, QoS 1).  With site `%s` from the gateway's keyring, "
-        "the store receives (§7):" % (
-            protocol.topic_up(EXAMPLE_ZONE, f["node_id"]), EXAMPLE_ZONE, EXAMPLE_SITE),
+        f"Published on `{topic}` (zone `{EXAMPLE_ZONE}`, QoS 1).",
+        f"With site `{EXAMPLE_SITE}` from the gateway's keyring, the store receives (§7):",
         "",
         "```",
         line,
@@ -189,12 +182,14 @@ BLOCKS = {
 def render(text):
     """`text` with every generated block rewritten.  Raises ValueError for a missing marker."""
     for name, build in BLOCKS.items():
-        begin, end = "<!-- %s:begin -->" % name, "<!-- %s:end -->" % name
-        pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
-        if len(pattern.findall(text)) != 1:
-            raise ValueError("%s needs exactly one %s ... %s pair" % (DOC.name, begin, end))
-        block = "%s\n%s\n%s" % (begin, build(), end)
-        text = pattern.sub(lambda _match: block, text)
+        begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+        pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
+        found = pattern.findall(text)
+        if len(found) != 1:
+            raise ValueError(f"{DOC.name} needs exactly one {begin} ... {end} pair, "
+                             f"found {len(found)}")
+        start, stop = pattern.search(text).span()
+        text = f"{text[:start]}{begin}\n{build()}\n{end}{text[stop:]}"
     return text
 
 
@@ -202,22 +197,23 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true",
                         help="exit 1 if docs/protocol.md is out of date, change nothing")
-    parser.add_argument("--doc", type=Path, default=DOC, help="the document (default: %(default)s)")
+    parser.add_argument("--doc", type=Path, default=DOC,
+                        help="the document to check or rewrite (default: %(default)s)")
     args = parser.parse_args(argv)
     current = args.doc.read_text(encoding="utf-8")
     try:
         wanted = render(current)
     except ValueError as exc:
-        print("gen_protocol_tables: %s" % exc, file=sys.stderr)
+        print(f"gen_protocol_tables: {exc}", file=sys.stderr)
         return 2
     if wanted == current:
         return 0
     if args.check:
-        print("gen_protocol_tables: %s is out of date with firmware/; run "
-              "`python docs/gen_protocol_tables.py`" % args.doc, file=sys.stderr)
+        print(f"gen_protocol_tables: {args.doc} is out of date with firmware/; run "
+              "`python docs/gen_protocol_tables.py`", file=sys.stderr)
         return 1
     args.doc.write_text(wanted, encoding="utf-8")
-    print("gen_protocol_tables: rewrote %s" % args.doc)
+    print(f"gen_protocol_tables: rewrote {args.doc}")
     return 0
 
 

@@ -64,10 +64,10 @@ def command_demo(args: argparse.Namespace) -> int:
 
     console.print(f"published {result.published} frames from {result.nodes} nodes "
                   f"({result.published_faults} of them deliberately bad) to "
-                  f"{result.broker_url}")
+                  f"{result.broker_url}", soft_wrap=True)
     console.print(f"gateway accepted {result.accepted}, rejected "
                   f"{sum(result.rejected.values())}, forwarded {result.forwarded} to "
-                  f"{result.store_spec}")
+                  f"{result.store_spec}", soft_wrap=True)
     if result.rejected:
         console.print("rejected by reason: " + ", ".join(
             f"{k} {v}" for k, v in sorted(result.rejected.items())))
@@ -80,7 +80,7 @@ def command_demo(args: argparse.Namespace) -> int:
         console.print("\nQuery the store:\n  "
                       f".venv/bin/dordt gateway query --store {shlex.quote(path)}\n  "
                       f".venv/bin/dordt gateway query --store {shlex.quote(path)} "
-                      "--zone maasterras --kind crowd")
+                      "--zone maasterras --kind crowd", soft_wrap=True)
     return 0 if result.drained else 1
 
 

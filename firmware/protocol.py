@@ -57,7 +57,7 @@ class FrameError(ValueError):
     """A frame that cannot be accepted.  `reason` is one of the constants above."""
 
     def __init__(self, reason, message):
-        ValueError.__init__(self, message)
+        super().__init__(message)
         self.reason = reason
         self.message = message
 

@@ -65,7 +65,15 @@ def command_run(args: argparse.Namespace) -> int:
 def command_query(args: argparse.Namespace) -> int:
     from gateway.forward.local import LocalStore
 
-    store = LocalStore(args.store, create=False)
+    from gateway.forward import StoreError
+
+    try:
+        store = LocalStore(args.store, create=False)
+    except FileNotFoundError:
+        raise UserError(f"no local store at {args.store}; run `dordt demo` first "
+                        "or give the path it printed", 2) from None
+    except StoreError as exc:
+        raise UserError(str(exc)) from exc
     try:
         rows = store.latest(zone=args.zone, kind=args.kind)
     finally:

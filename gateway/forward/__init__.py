@@ -6,9 +6,10 @@ The store back-ends share one small interface, `Store`:
   the store has the data.  A reading's series (measurement + tags) and timestamp are
   derived only from the frame, so writing the same reading twice leaves one point
   (at-least-once delivery without duplicates).
-- It raises `RetryableStoreError` for faults that may pass (network, 5xx, 429; with
-  `retry_after_s` when the store said so) and `PermanentStoreError` for a batch the store
-  will never take (malformed, 4xx other than 408/413/429).
+- It raises `RetryableStoreError` for faults that may pass (network, 5xx, 408, 429, and
+  401/403/404, which a fixed token or bucket cures; with `retry_after_s` when the store
+  said so) and `PermanentStoreError` for a batch the store will never take as it is
+  (malformed; 413, as `PayloadTooLargeError`, which the forwarder answers by splitting).
 - `close()` is called once, after the last write has returned.
 """
 
@@ -52,3 +53,39 @@ def _escape_tag(value: str) -> str:
 
 def _float(value: float) -> str:
     return repr(float(value))
+
+
+def open_store(spec: str, **options) -> Store:
+    """The store a config or command line names.
+
+    - "sqlite:PATH", or a bare PATH ending in .sqlite or .db → `LocalStore(PATH)`;
+    - "http://…" or "https://…" → `InfluxStore(url)`, with `token` (default: the
+      DORDT_INFLUX_TOKEN environment variable), `org` and `bucket` (default "dordt"), and
+      `timeout_s` from `options`.
+
+    Other `options` go to the store's constructor; anything else raises ValueError.
+    """
+    import os
+
+    text = spec.strip()
+    if text.startswith(("http://", "https://")):
+        from gateway.forward.influx import InfluxStore
+
+        options.setdefault("token", os.environ.get("DORDT_INFLUX_TOKEN", ""))
+        options.setdefault("org", "dordt")
+        options.setdefault("bucket", "dordt")
+        return InfluxStore(text, **options)
+    path = None
+    if text.startswith("sqlite:"):
+        # "sqlite:///abs/path", as in SQLAlchemy URLs, means /abs/path too
+        path = text[len("sqlite:") :].removeprefix("//")
+    elif text.lower().endswith((".sqlite", ".db")):
+        path = text
+    if path:
+        from gateway.forward.local import LocalStore
+
+        return LocalStore(path, **options)
+    raise ValueError(
+        f"unknown store {spec!r}: use sqlite:PATH, a PATH ending in .sqlite or .db,"
+        " or an http:// or https:// URL of an InfluxDB /api/v2/write endpoint"
+    )

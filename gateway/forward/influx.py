@@ -32,7 +32,7 @@ import email.utils
 import math
 import time
 import urllib.parse
-from typing import Sequence
+from collections.abc import Sequence
 
 import urllib3
 from influxdb_client import InfluxDBClient, WritePrecision
@@ -45,8 +45,11 @@ from gateway.model import Reading
 # 408 Request Timeout, 429 Too Many Requests, and every 5xx may pass; 401/403/404 are
 # configuration faults that must not cost data (see the module docstring).
 _RETRYABLE_4XX = frozenset({408, 429})
-_CONFIG_4XX = {401: "check the token", 403: "check the token's permissions",
-               404: "check the org and bucket"}
+_CONFIG_4XX = {
+    401: "check the token",
+    403: "check the token's permissions",
+    404: "check the org and bucket",
+}
 _BODY_MAX_CHARS = 300
 
 
@@ -102,7 +105,7 @@ class InfluxStore:
             # With retries=False urllib3 raises the underlying error: NewConnectionError,
             # ConnectTimeoutError, ReadTimeoutError, ProtocolError (connection reset) ...
             raise RetryableStoreError(
-                self._scrub(f"cannot write to {self._where}: {type(exc).__name__}: {exc}")
+                f"cannot write to {self._where}: {type(exc).__name__}: {exc}"
             ) from None
 
     def close(self) -> None:
@@ -111,26 +114,22 @@ class InfluxStore:
 
     def _http_error(self, exc: ApiException, n_lines: int) -> Exception:
         status = int(exc.status or 0)
-        body = _body_text(exc.body)
+        body = self._scrub(_body_text(exc.body))  # a server may echo what it was sent
         what = f"{self._where} answered HTTP {status} {exc.reason or ''}".rstrip()
         detail = f": {body}" if body else ""
         if status == 413:
-            return PayloadTooLargeError(
-                self._scrub(f"{what} to a batch of {n_lines} lines; split it{detail}")
-            )
+            return PayloadTooLargeError(f"{what} to a batch of {n_lines} lines; split it{detail}")
         if status in _CONFIG_4XX:
-            return RetryableStoreError(self._scrub(f"{what}; {_CONFIG_4XX[status]}{detail}"))
+            return RetryableStoreError(f"{what}; {_CONFIG_4XX[status]}{detail}")
         if status in _RETRYABLE_4XX or status >= 500 or status == 0:
             retry_after_s = parse_retry_after(_header(exc.headers, "Retry-After"))
-            return RetryableStoreError(self._scrub(f"{what}{detail}"), retry_after_s)
+            return RetryableStoreError(f"{what}{detail}", retry_after_s)
         return PermanentStoreError(
-            self._scrub(f"{what}; the store refuses this batch of {n_lines} lines{detail}")
+            f"{what}; the store refuses this batch of {n_lines} lines{detail}"
         )
 
-    def _scrub(self, message: str) -> str:
-        if self._token:
-            message = message.replace(self._token, "***")
-        return message
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._token, "***") if self._token else text
 
 
 def parse_retry_after(value: str | None, now_s: float | None = None) -> float | None:

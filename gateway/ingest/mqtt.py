@@ -41,6 +41,7 @@ class MqttIngest:
         self.topic = topic
         self.connected = threading.Event()
         self.connects = 0
+        self._stopping = False
         self._client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=client_id,
@@ -62,6 +63,7 @@ class MqttIngest:
         return self.connected.wait(timeout_s)
 
     def stop(self) -> None:
+        self._stopping = True
         self._client.disconnect()
         self._client.loop_stop()
 
@@ -78,6 +80,8 @@ class MqttIngest:
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self.connected.clear()
+        if self._stopping:
+            return
         log.warning("lost broker %s:%d (%s); reconnecting", self.host, self.port, reason_code)
 
     def _on_message(self, client, userdata, message) -> None:

@@ -44,7 +44,7 @@ def test_exception_becomes_micropython_error_with_traceback(micropython):
         micropython.run(code, firmware=False)
     message = str(caught.value)
     assert message.startswith("Traceback (most recent call last):")
-    assert 'line 3, in f' in message
+    assert "line 3, in f" in message
     assert message.rstrip().endswith("ValueError: bad value 42")
     assert caught.value.stdout == "before\n"
 
@@ -139,6 +139,11 @@ def test_interpreter_crash_is_reported_and_the_next_run_works(micropython):
     with pytest.raises(MicroPythonRunnerError, match="crashed"):
         micropython.run("import js\njs.eval('null.x')", firmware=False)
     assert micropython.run("print('still here')", firmware=False) == "still here\n"
+
+
+def test_bad_request_is_a_harness_error_not_a_python_one(micropython):
+    with pytest.raises(MicroPythonRunnerError, match="heap_bytes"):
+        micropython.run("print(1)", firmware=False, heap_bytes=5)
 
 
 def test_missing_node_fails_with_a_hint(monkeypatch):

@@ -7,9 +7,9 @@
 // and returned inside the reply, and console.* goes to stderr.
 // On failure: a Python exception is a reply with ok:false and the traceback; a crash of the
 // interpreter (any JS error out of runPython, e.g. a WebAssembly trap) is a reply with
-// ok:false and the interpreter is thrown away, so the next request gets a new one.  A bad
-// request line gets ok:false with id null when it had none.  The runner exits when stdin
-// closes.
+// ok:false, crashed:true and the interpreter is thrown away, so the next request gets a new
+// one.  A request that cannot be carried out (not JSON, bad field) gets ok:false,
+// bad_request:true (and id null when it had none).  The runner exits when stdin closes.
 
 import { createInterface } from "node:readline";
 import { loadMicroPython } from "@micropython/micropython-webassembly-pyscript";
@@ -89,14 +89,19 @@ function isCleanExit(err) {
 
 let current = null;
 
+// A request the runner could not carry out as asked (not a failure of the Python code).
+function badRequest(message) {
+  return { ok: false, bad_request: true, stdout: "", error: message };
+}
+
 async function handle(request) {
   const fresh = request.fresh !== false;
   const heapBytes = request.heap_bytes ?? DEFAULT_HEAP_BYTES;
   if (!Number.isInteger(heapBytes) || heapBytes < 64 * 1024) {
-    return { ok: false, stdout: "", error: `heap_bytes must be an integer >= 65536, got ${heapBytes}` };
+    return badRequest(`heap_bytes must be an integer >= 65536, got ${heapBytes}`);
   }
   if (typeof request.code !== "string") {
-    return { ok: false, stdout: "", error: "request has no \"code\" string" };
+    return badRequest('request has no "code" string');
   }
   if (fresh || current === null) {
     current = null;
@@ -106,7 +111,7 @@ async function handle(request) {
   try {
     if (request.files) placeFiles(interp.mp.FS, request.files);
   } catch (err) {
-    return { ok: false, stdout: "", error: `placing files: ${err.message}` };
+    return badRequest(`placing files: ${err.message}`);
   }
   let ok = true;
   let crashed = false;
@@ -140,7 +145,7 @@ for await (const line of lines) {
   try {
     request = JSON.parse(line);
   } catch (err) {
-    reply({ id: null, ok: false, stdout: "", error: `bad request line: ${err.message}` });
+    reply({ id: null, ...badRequest(`bad request line: ${err.message}`) });
     continue;
   }
   const id = request && request.id !== undefined ? request.id : null;
