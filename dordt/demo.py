@@ -11,9 +11,9 @@ import shutil
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from gateway.embedded_broker import EmbeddedBroker
 from gateway.forward import open_store

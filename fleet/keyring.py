@@ -95,7 +95,7 @@ class Keyring:
     # -- file ---------------------------------------------------------------------------
 
     @classmethod
-    def load(cls, path: str | Path) -> "Keyring":
+    def load(cls, path: str | Path) -> Keyring:
         path = Path(path)
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))

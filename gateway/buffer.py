@@ -18,8 +18,9 @@ import json
 import sqlite3
 import threading
 from collections import Counter
+from collections.abc import Iterable
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable
 
 from firmware.protocol import ReplayWindow
 from gateway.model import Reading
@@ -39,6 +40,12 @@ CREATE TABLE IF NOT EXISTS quarantine (
     id INTEGER PRIMARY KEY, reading TEXT NOT NULL, error TEXT NOT NULL, at_s REAL NOT NULL
 );
 """
+
+
+_ADD_COUNTER = (
+    "INSERT INTO counters VALUES (?, ?)"
+    " ON CONFLICT(name) DO UPDATE SET value = value + excluded.value"
+)
 
 
 class Outbox:
@@ -75,29 +82,18 @@ class Outbox:
             )
             for r in readings
         ]
-        with self._lock:
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                db.executemany(
-                    "INSERT INTO outbox (node, kind, zone, site, counter, time_s, window_s,"
-                    " status, estimated, fields) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    rows,
-                )
-                db.executemany(
-                    "INSERT OR REPLACE INTO replay_window VALUES (?,?,?)",
-                    [(n, w.highest, w.seen.to_bytes(8, "big")) for n, w in windows.items()],
-                )
-                if counts:
-                    db.executemany(
-                        "INSERT INTO counters VALUES (?, ?) ON CONFLICT(name)"
-                        " DO UPDATE SET value = value + excluded.value",
-                        list(counts.items()),
-                    )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        with self._lock, self._transaction() as db:
+            db.executemany(
+                "INSERT INTO outbox (node, kind, zone, site, counter, time_s, window_s,"
+                " status, estimated, fields) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                rows,
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO replay_window VALUES (?,?,?)",
+                [(n, w.highest, w.seen.to_bytes(8, "big")) for n, w in windows.items()],
+            )
+            if counts:
+                db.executemany(_ADD_COUNTER, list(counts.items()))
 
     def load_windows(self) -> dict[int, ReplayWindow]:
         with self._lock:
@@ -131,31 +127,33 @@ class Outbox:
         ]
 
     def remove(self, ids: list[int], counter: str = "forwarded") -> None:
-        """Drop readings the store now has (or that were quarantined)."""
-        with self._lock:
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
-                db.execute(
-                    "INSERT INTO counters VALUES (?, ?) ON CONFLICT(name)"
-                    " DO UPDATE SET value = value + excluded.value",
-                    (counter, len(ids)),
-                )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        """Drop readings the store now has."""
+        with self._lock, self._transaction() as db:
+            self._remove(db, ids, counter)
 
     def quarantine(self, item: tuple[int, Reading], error: str, at_s: float) -> None:
         """Set aside a reading the store refuses for good, so it never blocks the queue."""
         outbox_id, reading = item
         doc = json.dumps({**reading.tags, "time_s": reading.time_s, "fields": reading.fields})
-        with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO quarantine VALUES (?, ?, ?, ?)", (outbox_id, doc, error, at_s)
-            )
-        self.remove([outbox_id], counter="quarantined")
+        with self._lock, self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO quarantine VALUES (?, ?, ?, ?)",
+                       (outbox_id, doc, error, at_s))
+            self._remove(db, [outbox_id], "quarantined")
+
+    @staticmethod
+    def _remove(db: sqlite3.Connection, ids: list[int], counter: str) -> None:
+        db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
+        db.execute(_ADD_COUNTER, (counter, len(ids)))
+
+    @contextmanager
+    def _transaction(self):
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def depth(self) -> int:
         with self._lock:

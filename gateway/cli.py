@@ -63,9 +63,8 @@ def command_run(args: argparse.Namespace) -> int:
 
 
 def command_query(args: argparse.Namespace) -> int:
-    from gateway.forward.local import LocalStore
-
     from gateway.forward import StoreError
+    from gateway.forward.local import LocalStore
 
     try:
         store = LocalStore(args.store, create=False)

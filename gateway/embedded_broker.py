@@ -28,7 +28,7 @@ class EmbeddedBroker:
     def url(self) -> str:
         return f"mqtt://{self.host}:{self.port}"
 
-    def start(self, timeout_s: float = 10.0) -> "EmbeddedBroker":
+    def start(self, timeout_s: float = 10.0) -> EmbeddedBroker:
         # amqtt logs every packet at INFO; keep the demo's terminal for the demo.
         for name in ("amqtt", "transitions"):
             logging.getLogger(name).setLevel(logging.WARNING)

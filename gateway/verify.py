@@ -13,7 +13,7 @@ fails, so a reading that never became durable is not later refused as a replay.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from firmware import metrics, protocol
 from firmware.protocol import FrameError, ReplayWindow

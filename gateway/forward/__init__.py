@@ -15,7 +15,8 @@ The store back-ends share one small interface, `Store`:
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 from gateway.model import Reading
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from gateway.buffer import Outbox
 from gateway.forward import PermanentStoreError, RetryableStoreError, Store

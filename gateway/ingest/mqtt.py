@@ -34,7 +34,7 @@ def parse_broker_url(url: str) -> tuple[str, int]:
 
 
 class MqttIngest:
-    def __init__(self, broker_url: str, out: "queue.Queue[Envelope]", client_id: str,
+    def __init__(self, broker_url: str, out: queue.Queue[Envelope], client_id: str,
                  topic: str = SUBSCRIPTION):
         self.host, self.port = parse_broker_url(broker_url)
         self.out = out

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import stat
 import threading
 import time
 from pathlib import Path
@@ -201,18 +199,6 @@ def test_a_read_only_file_is_retryable(store: LocalStore):
     store._conn().execute("PRAGMA query_only = ON")
     with pytest.raises(RetryableStoreError, match="read-only; check the permissions"):
         store.write([air("0a000001", T0 + 10)])
-
-
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may write a read-only folder")
-def test_a_store_in_a_read_only_folder_is_retryable(tmp_path: Path):
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    folder.chmod(stat.S_IRUSR | stat.S_IXUSR)
-    try:
-        with pytest.raises(RetryableStoreError, match=r"ro/store.sqlite"):
-            LocalStore(folder / "store.sqlite")
-    finally:
-        folder.chmod(stat.S_IRWXU)
 
 
 def test_a_store_that_cannot_be_opened_is_retryable(tmp_path: Path):
