@@ -24,7 +24,7 @@ DOC = REPO / "docs" / "protocol.md"
 if str(REPO) not in sys.path:  # run as a plain script from a checkout
     sys.path.insert(0, str(REPO))
 
-from firmware import metrics, protocol
+from firmware import metrics, protocol  # noqa: E402
 
 # The worked example (§2.5).  Keep in step with `air_typical` in tests/vectors/make_vectors.py.
 EXAMPLE_KEY = bytes(range(32))
@@ -63,8 +63,10 @@ def metric_table():
     for metric_id in sorted(metrics.BY_ID):
         m = metrics.BY_ID[metric_id]
         scale, lo, hi = (_decimal(v, m.exp) for v in (10.0**m.exp, m.min, m.max))
-        lines.append(f"| 0x{m.id:02x} | `{m.name}` | {m.unit} | {scale} | {lo} | {hi} "
-                     f"| {m.raw_min} | {m.raw_max} | {m.group} |")
+        lines.append(
+            f"| 0x{m.id:02x} | `{m.name}` | {m.unit} | {scale} | {lo} | {hi} "
+            f"| {m.raw_min} | {m.raw_max} | {m.group} |"
+        )
     return "\n".join(lines)
 
 
@@ -99,8 +101,15 @@ def _zigzag(raw):
 def air_example():
     f = EXAMPLE_FIELDS
     frame = protocol.encode(
-        EXAMPLE_KEY, f["kind"], f["node_id"], f["counter"], f["timestamp"], f["window_s"],
-        f["metrics"], f["key_id"], f["flags"],
+        EXAMPLE_KEY,
+        f["kind"],
+        f["node_id"],
+        f["counter"],
+        f["timestamp"],
+        f["window_s"],
+        f["metrics"],
+        f["key_id"],
+        f["flags"],
     )
     signed = frame[: -protocol.TAG_LEN]
     kind_name = metrics.KIND_NAMES[f["kind"]]
@@ -131,11 +140,14 @@ def air_example():
     rows.append((pos, protocol.TAG_LEN, "tag", "HMAC-SHA256 truncated to 16 bytes (§4)"))
     assert pos + protocol.TAG_LEN == len(frame)
 
-    by_name = sorted((metrics.BY_ID[i].name, metrics.BY_ID[i].to_value(raw))
-                     for i, raw in f["metrics"])
+    by_name = sorted(
+        (metrics.BY_ID[i].name, metrics.BY_ID[i].to_value(raw)) for i, raw in f["metrics"]
+    )
     fields = ",".join(f"{name}={value!r}" for name, value in by_name)
-    line = (f"{kind_name},kind={kind_name},node={node},site={EXAMPLE_SITE},zone={EXAMPLE_ZONE} "
-            f"{fields} {f['timestamp']}")
+    line = (
+        f"{kind_name},kind={kind_name},node={node},site={EXAMPLE_SITE},zone={EXAMPLE_ZONE} "
+        f"{fields} {f['timestamp']}"
+    )
     topic = protocol.topic_up(EXAMPLE_ZONE, f["node_id"])
     full_mac = protocol.hmac_sha256(EXAMPLE_KEY, signed).hex()
     sizes = f"{len(signed)} signed bytes + {protocol.TAG_LEN} tag bytes"
@@ -153,8 +165,10 @@ def air_example():
         "| offset | size | bytes | field | value |",
         "|---|---|---|---|---|",
     ]
-    out += [f"| {offset} | {size} | `{_hexs(frame[offset : offset + size])}` | {name} | {value} |"
-            for offset, size, name, value in rows]
+    out += [
+        f"| {offset} | {size} | `{_hexs(frame[offset : offset + size])}` | {name} | {value} |"
+        for offset, size, name, value in rows
+    ]
     out += [
         "",
         f"HMAC-SHA256(key, bytes 0..{len(signed) - 1}) =",
@@ -186,8 +200,9 @@ def render(text):
         pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
         found = pattern.findall(text)
         if len(found) != 1:
-            raise ValueError(f"{DOC.name} needs exactly one {begin} ... {end} pair, "
-                             f"found {len(found)}")
+            raise ValueError(
+                f"{DOC.name} needs exactly one {begin} ... {end} pair, found {len(found)}"
+            )
         start, stop = pattern.search(text).span()
         text = f"{text[:start]}{begin}\n{build()}\n{end}{text[stop:]}"
     return text
@@ -195,10 +210,17 @@ def render(text):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true",
-                        help="exit 1 if docs/protocol.md is out of date, change nothing")
-    parser.add_argument("--doc", type=Path, default=DOC,
-                        help="the document to check or rewrite (default: %(default)s)")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 if docs/protocol.md is out of date, change nothing",
+    )
+    parser.add_argument(
+        "--doc",
+        type=Path,
+        default=DOC,
+        help="the document to check or rewrite (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     current = args.doc.read_text(encoding="utf-8")
     try:
@@ -209,8 +231,11 @@ def main(argv=None):
     if wanted == current:
         return 0
     if args.check:
-        print(f"gen_protocol_tables: {args.doc} is out of date with firmware/; run "
-              "`python docs/gen_protocol_tables.py`", file=sys.stderr)
+        print(
+            f"gen_protocol_tables: {args.doc} is out of date with firmware/; run "
+            "`python docs/gen_protocol_tables.py`",
+            file=sys.stderr,
+        )
         return 1
     args.doc.write_text(wanted, encoding="utf-8")
     print(f"gen_protocol_tables: rewrote {args.doc}")

@@ -40,6 +40,9 @@ class DemoResult:
     published_faults: int
     accepted: int
     rejected: Counter
+    # (zone, kind) -> Counter of reasons, for frames from enrolled nodes; frames from
+    # unknown or unreadable nodes under ("?", "?")
+    rejected_by_zone_kind: dict
     forwarded: int
     buffered: int
     nodes: int
@@ -119,6 +122,7 @@ def run_demo(
         published_faults=publisher.published_faults if publisher else 0,
         accepted=gateway.stats.accepted,
         rejected=gateway.stats.rejected,
+        rejected_by_zone_kind=_by_zone_kind(gateway.stats.rejected_by_node, keyring),
         forwarded=counters.get("forwarded", 0),
         buffered=buffered,
         nodes=len(fleet.nodes),
@@ -134,6 +138,15 @@ def _progress(start: float, publisher: FleetPublisher, gateway: Gateway) -> Demo
         rejected=sum(gateway.stats.rejected.values()),
         buffered=gateway.outbox.depth(),
     )
+
+
+def _by_zone_kind(by_node: Counter, keyring) -> dict:
+    out: dict = {}
+    for (node, reason), n in by_node.items():
+        entry = keyring.get(int(node, 16)) if node else None
+        where = (entry.zone, entry.kind) if entry else ("?", "?")
+        out.setdefault(where, Counter())[reason] += n
+    return out
 
 
 def clean(data_dir: str | Path) -> None:

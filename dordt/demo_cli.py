@@ -10,7 +10,6 @@ from rich.live import Live
 from rich.table import Table
 
 from dordt.errors import UserError
-from firmware import metrics
 
 MAX_DURATION_S = 3600.0
 
@@ -76,7 +75,7 @@ def command_demo(args: argparse.Namespace) -> int:
                       "when the demo stopped; they stay in the outbox")
     if result.store_spec.startswith("sqlite:"):
         path = result.store_spec.removeprefix("sqlite:")
-        console.print(_summary_table(path))
+        console.print(_summary_table(path, result.rejected_by_zone_kind))
         console.print("\nQuery the store:\n  "
                       f".venv/bin/dordt gateway query --store {shlex.quote(path)}\n  "
                       f".venv/bin/dordt gateway query --store {shlex.quote(path)} "
@@ -84,7 +83,7 @@ def command_demo(args: argparse.Namespace) -> int:
     return 0 if result.drained else 1
 
 
-def _summary_table(path: str) -> Table:
+def _summary_table(path: str, rejected: dict) -> Table:
     from gateway.forward.local import LocalStore
 
     store = LocalStore(path)
@@ -94,28 +93,36 @@ def _summary_table(path: str) -> Table:
     finally:
         store.close()
     table = Table(title="stored readings per zone and kind")
-    for col in ("zone", "kind", "readings", "nodes", "latest values (mean over nodes)"):
+    for col in ("zone", "kind", "readings", "nodes", "rejected",
+                "latest (mean of nodes)"):
         table.add_column(col)
     for (zone, kind), n in sorted(counts.items()):
         rows = [v for v in latest if v["zone"] == zone and v["kind"] == kind]
         table.add_row(zone, kind, str(n), str(len({r["node"] for r in rows})),
-                      _latest_text(kind, rows))
+                      _reasons_text(rejected.get((zone, kind))), _latest_text(kind, rows))
+    if ("?", "?") in rejected:
+        table.add_row("(not enrolled)", "?", "0", "?", _reasons_text(rejected[("?", "?")]), "")
     return table
 
 
+def _reasons_text(reasons) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())) if reasons else "0"
+
+
+# (field, label, format) shown per kind in the summary: short enough for 80 columns
 _SHOWN = {
-    "air": ("temperature_c", "humidity_pct", "pm25_ugm3", "pm10_ugm3"),
-    "noise": ("laeq_db", "lamax_db", "la90_db"),
-    "crowd": ("crowd_count",),
-    "node_status": ("uptime_s", "free_heap_bytes"),
+    "air": (("temperature_c", "", "{:.1f} °C"), ("humidity_pct", "", "{:.0f} %RH"),
+            ("pm25_ugm3", "PM2.5 ", "{:.1f}"), ("pm10_ugm3", "PM10 ", "{:.1f} µg/m³")),
+    "noise": (("laeq_db", "LAeq ", "{:.1f}"), ("lamax_db", "LAmax ", "{:.1f}"),
+              ("la90_db", "LA90 ", "{:.1f} dB(A)")),
+    "crowd": (("crowd_count", "", "{:.0f} devices"),),
 }
 
 
 def _latest_text(kind: str, rows: list[dict]) -> str:
     parts = []
-    for name in _SHOWN.get(kind, ()):
+    for name, label, fmt in _SHOWN.get(kind, ()):
         vals = [r["fields"][name] for r in rows if name in r["fields"]]
         if vals:
-            unit = metrics.BY_NAME[name].unit
-            parts.append(f"{name}={sum(vals) / len(vals):.1f} {unit}")
-    return ", ".join(parts)
+            parts.append(label + fmt.format(sum(vals) / len(vals)))
+    return " ".join(parts)

@@ -35,6 +35,8 @@ class GatewayStats:
     received: int = 0
     accepted: int = 0
     rejected: Counter = field(default_factory=Counter)
+    # (node or None, reason): lets people see which nodes misbehave.  In memory only.
+    rejected_by_node: Counter = field(default_factory=Counter)
 
 
 class Gateway:
@@ -86,6 +88,7 @@ class Gateway:
         self.stats.rejected.update(rejected)
         for r in results:
             if isinstance(r, Rejected):
+                self.stats.rejected_by_node[(r.node, r.reason)] += 1
                 log.info("rejected %s frame (%s): %s", r.source, r.reason, r.detail)
                 self.rejections = (self.rejections + [r])[-20:]
         if readings:

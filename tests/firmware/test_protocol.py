@@ -26,8 +26,7 @@ BAD = VECTORS["bad"]
 REPLAY = VECTORS["replay"]
 GOOD_BY_NAME = {v["name"]: v for v in GOOD}
 
-DECODE_REASONS = {protocol.TRUNCATED, protocol.OVERSIZED, protocol.BAD_VERSION,
-                  protocol.MALFORMED}
+DECODE_REASONS = {protocol.TRUNCATED, protocol.OVERSIZED, protocol.BAD_VERSION, protocol.MALFORMED}
 KEY = bytes(range(32))
 
 
@@ -46,16 +45,28 @@ def _load_script(relpath):
 
 def _encode(key, f):
     return protocol.encode(
-        key, f["kind"], f["node_id"], f["counter"], f["timestamp"], f["window_s"],
-        [tuple(p) for p in f["metrics"]], f["key_id"], f["flags"],
+        key,
+        f["kind"],
+        f["node_id"],
+        f["counter"],
+        f["timestamp"],
+        f["window_s"],
+        [tuple(p) for p in f["metrics"]],
+        f["key_id"],
+        f["flags"],
     )
 
 
 def _fields_of(frame):
     return {
-        "kind": frame.kind, "node_id": frame.node_id, "counter": frame.counter,
-        "timestamp": frame.timestamp, "window_s": frame.window_s, "key_id": frame.key_id,
-        "flags": frame.flags, "metrics": [list(p) for p in frame.metrics],
+        "kind": frame.kind,
+        "node_id": frame.node_id,
+        "counter": frame.counter,
+        "timestamp": frame.timestamp,
+        "window_s": frame.window_s,
+        "key_id": frame.key_id,
+        "flags": frame.flags,
+        "metrics": [list(p) for p in frame.metrics],
     }
 
 
@@ -102,7 +113,7 @@ def test_good_vector_decodes_to_its_fields_and_verifies(vector):
     frame = protocol.open_frame(data, bytes.fromhex(vector["key"]))
     assert _fields_of(frame) == vector["fields"]
     assert frame.version == protocol.VERSION
-    assert frame.tag == data[-protocol.TAG_LEN:]
+    assert frame.tag == data[-protocol.TAG_LEN :]
     assert frame.signed == data[: -protocol.TAG_LEN]
     assert frame.time_synced == (not vector["fields"]["flags"] & protocol.FLAG_TIME_UNSYNCED)
     assert frame.is_status == bool(vector["fields"]["flags"] & protocol.FLAG_STATUS)
@@ -115,7 +126,7 @@ def test_good_vector_values_follow_the_registry(vector):
     for metric_id, raw in vector["fields"]["metrics"]:
         if metric_id in metrics.BY_ID:
             m = metrics.BY_ID[metric_id]
-            expected[m.name] = raw * 10.0 ** m.exp if m.exp >= 0 else raw / 10 ** -m.exp
+            expected[m.name] = raw * 10.0**m.exp if m.exp >= 0 else raw / 10**-m.exp
     assert vector["values"] == expected
 
 
@@ -147,8 +158,11 @@ def test_good_vectors_cover_what_section_9_promises():
 
 def test_typical_air_frame_fits_64_bytes_as_the_doc_says():
     size = len(GOOD_BY_NAME["air_typical"]["frame"]) // 2
-    stated = re.search(r"A typical air frame \(seven metrics.*?\) is (\d+) bytes",
-                       DOC_PATH.read_text(encoding="utf-8"), re.DOTALL)
+    stated = re.search(
+        r"A typical air frame \(seven metrics.*?\) is (\d+) bytes",
+        DOC_PATH.read_text(encoding="utf-8"),
+        re.DOTALL,
+    )
     assert stated, "docs/protocol.md §1 no longer states the typical air frame size"
     assert int(stated.group(1)) == size <= 64
 
@@ -157,8 +171,10 @@ def test_doc_worked_example_is_the_air_typical_vector():
     text = DOC_PATH.read_text(encoding="utf-8")
     block = text.split("<!-- air-example:begin -->")[1].split("<!-- air-example:end -->")[0]
     dump = re.findall(r"^[0-9a-f]{4}  ((?:[0-9a-f]{2} ?)+)$", block, re.MULTILINE)
-    assert bytes.fromhex("".join(dump).replace(" ", "")).hex() == (
-        GOOD_BY_NAME["air_typical"]["frame"])
+    assert (
+        bytes.fromhex("".join(dump).replace(" ", "")).hex()
+        == (GOOD_BY_NAME["air_typical"]["frame"])
+    )
 
 
 def test_doc_varint_table_matches_the_encoder():
@@ -205,8 +221,9 @@ def test_replay_vector(vector):
 
 def test_vectors_file_is_up_to_date():
     make_vectors = _load_script("tests/vectors/make_vectors.py")
-    assert make_vectors.render(make_vectors.build()) == VECTORS_PATH.read_text(
-        encoding="utf-8"), "run `python tests/vectors/make_vectors.py` and commit frames.json"
+    assert make_vectors.render(make_vectors.build()) == VECTORS_PATH.read_text(encoding="utf-8"), (
+        "run `python tests/vectors/make_vectors.py` and commit frames.json"
+    )
 
 
 def test_protocol_doc_generated_blocks_are_up_to_date(capsys):
@@ -227,7 +244,9 @@ def test_every_single_bit_flip_of_every_good_vector_is_refused():
             with pytest.raises(FrameError) as refused:
                 protocol.open_frame(bytes(flipped), key)
             assert refused.value.reason in DECODE_REASONS | {protocol.BAD_TAG}, (
-                vector["name"], bit)
+                vector["name"],
+                bit,
+            )
 
 
 def test_every_prefix_of_every_good_vector_is_truncated():
@@ -259,26 +278,53 @@ def test_decode_refuses_what_is_not_bytes(value):
 def test_decode_takes_bytearray_and_memoryview():
     data = bytes.fromhex(GOOD_BY_NAME["air_typical"]["frame"])
     for view in (bytearray(data), memoryview(data)):
-        assert _fields_of(protocol.open_frame(view, KEY)) == GOOD_BY_NAME["air_typical"][
-            "fields"]
+        assert _fields_of(protocol.open_frame(view, KEY)) == GOOD_BY_NAME["air_typical"]["fields"]
 
 
 # -- encode refuses what cannot be framed ---------------------------------------------------
 
-_OK = {"key": KEY, "kind": 1, "node_id": 1, "counter": 1, "timestamp": 1, "window_s": 60,
-       "metrics": [(1, 1)], "key_id": 0, "flags": 0}
+_OK = {
+    "key": KEY,
+    "kind": 1,
+    "node_id": 1,
+    "counter": 1,
+    "timestamp": 1,
+    "window_s": 60,
+    "metrics": [(1, 1)],
+    "key_id": 0,
+    "flags": 0,
+}
 
 
-@pytest.mark.parametrize("change", [
-    {"key": bytes(31)}, {"key": bytes(33)}, {"metrics": []},
-    {"metrics": [(i, 0) for i in range(49)]}, {"metrics": [(1, 0), (1, 1)]},
-    {"metrics": [(256, 0)]}, {"metrics": [(-1, 0)]}, {"metrics": [(1, protocol.RAW_MAX + 1)]},
-    {"metrics": [(1, protocol.RAW_MIN - 1)]}, {"metrics": [(1, 1.5)]},
-    {"metrics": [(i, protocol.RAW_MAX) for i in range(28)]},  # 19 + 168 + 16 > 200
-    {"kind": 0}, {"kind": 256}, {"flags": 0x04}, {"flags": -1}, {"key_id": 256},
-    {"node_id": -1}, {"node_id": 1 << 32}, {"counter": 1 << 32}, {"timestamp": -1},
-    {"timestamp": 1 << 32}, {"window_s": 1 << 16}, {"counter": "1"},
-], ids=repr)
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"key": bytes(31)},
+        {"key": bytes(33)},
+        {"metrics": []},
+        {"metrics": [(i, 0) for i in range(49)]},
+        {"metrics": [(1, 0), (1, 1)]},
+        {"metrics": [(256, 0)]},
+        {"metrics": [(-1, 0)]},
+        {"metrics": [(1, protocol.RAW_MAX + 1)]},
+        {"metrics": [(1, protocol.RAW_MIN - 1)]},
+        {"metrics": [(1, 1.5)]},
+        {"metrics": [(i, protocol.RAW_MAX) for i in range(28)]},  # 19 + 168 + 16 > 200
+        {"kind": 0},
+        {"kind": 256},
+        {"flags": 0x04},
+        {"flags": -1},
+        {"key_id": 256},
+        {"node_id": -1},
+        {"node_id": 1 << 32},
+        {"counter": 1 << 32},
+        {"timestamp": -1},
+        {"timestamp": 1 << 32},
+        {"window_s": 1 << 16},
+        {"counter": "1"},
+    ],
+    ids=repr,
+)
 def test_encode_refuses_fields_that_do_not_fit(change):
     args = dict(_OK, **change)
     with pytest.raises(ValueError) as refused:
@@ -307,15 +353,26 @@ def test_topic_round_trip():
     assert topic == "dordt/v1/spoorzone/0d0a0001/up"
     assert protocol.parse_topic_up(topic) == ("spoorzone", 0x0D0A0001)
     assert protocol.parse_topic_up(protocol.topic_up("z", protocol.U32_MAX)) == (
-        "z", protocol.U32_MAX)
+        "z",
+        protocol.U32_MAX,
+    )
 
 
-@pytest.mark.parametrize("topic", [
-    "dordt/v1/spoorzone/0D0A0001/up", "dordt/v1/spoorzone/d0a0001/up",
-    "dordt/v1/spoorzone/00d0a0001/up", "dordt/v1//0d0a0001/up", "dordt/v2/spoorzone/0d0a0001/up",
-    "dordt/v1/spoorzone/0d0a0001/down", "dordt/v1/spoorzone/0d0a0001/up/x",
-    "dordt/v1/spoorzone/0d0a000g/up", "dordt/v1/0d0a0001/up", "",
-])
+@pytest.mark.parametrize(
+    "topic",
+    [
+        "dordt/v1/spoorzone/0D0A0001/up",
+        "dordt/v1/spoorzone/d0a0001/up",
+        "dordt/v1/spoorzone/00d0a0001/up",
+        "dordt/v1//0d0a0001/up",
+        "dordt/v2/spoorzone/0d0a0001/up",
+        "dordt/v1/spoorzone/0d0a0001/down",
+        "dordt/v1/spoorzone/0d0a0001/up/x",
+        "dordt/v1/spoorzone/0d0a000g/up",
+        "dordt/v1/0d0a0001/up",
+        "",
+    ],
+)
 def test_parse_topic_up_refuses_what_is_not_an_uplink(topic):
     assert protocol.parse_topic_up(topic) is None
 
@@ -339,7 +396,8 @@ def test_every_metric_round_trips_across_its_range(data):
     assert m.raw_min <= raw <= m.raw_max
     kind, flags = _kind_and_flags_for(m)
     frame = protocol.open_frame(
-        protocol.encode(KEY, kind, 1, 1, 1, 60, [(m.id, raw)], flags=flags), KEY)
+        protocol.encode(KEY, kind, 1, 1, 1, 60, [(m.id, raw)], flags=flags), KEY
+    )
     assert frame.metrics == [(m.id, raw)]
     assert _registry_ok(kind, flags, frame.metrics)
     half_step = 0.5 * 10.0**m.exp
@@ -354,14 +412,21 @@ def test_every_raw_in_range_survives_value_and_back(data):
 
 
 _u32 = st.integers(0, protocol.U32_MAX)
-_headers = st.fixed_dictionaries({
-    "kind": st.integers(1, 255), "node_id": _u32, "counter": _u32, "timestamp": _u32,
-    "window_s": st.integers(0, 0xFFFF), "key_id": st.integers(0, 255),
-    "flags": st.integers(0, protocol.FLAGS_KNOWN),
-})
+_headers = st.fixed_dictionaries(
+    {
+        "kind": st.integers(1, 255),
+        "node_id": _u32,
+        "counter": _u32,
+        "timestamp": _u32,
+        "window_s": st.integers(0, 0xFFFF),
+        "key_id": st.integers(0, 255),
+        "flags": st.integers(0, protocol.FLAGS_KNOWN),
+    }
+)
 _raws = st.one_of(st.integers(-200, 200), st.integers(protocol.RAW_MIN, protocol.RAW_MAX))
-_metric_sets = st.dictionaries(st.integers(0, 255), _raws, min_size=1,
-                               max_size=protocol.MAX_METRICS)
+_metric_sets = st.dictionaries(
+    st.integers(0, 255), _raws, min_size=1, max_size=protocol.MAX_METRICS
+)
 
 
 @given(_headers, _metric_sets, st.binary(min_size=32, max_size=32))
@@ -411,20 +476,23 @@ def _overwrite(vector, at, junk):
     """A good frame with `junk` written over it at `at` (wrapped to the frame's length)."""
     data = bytes.fromhex(vector["frame"])
     at %= len(data) + 1
-    return data[:at] + junk + data[at + len(junk):]
+    return data[:at] + junk + data[at + len(junk) :]
 
 
 def _plausible_frames():
     """Byte strings that get past the first checks, so decode() reaches the metrics."""
     header = st.builds(
         lambda flags, count, rest: bytes([1, 1, flags, 0]) + bytes(14) + bytes([count]) + rest,
-        st.integers(0, 3) | st.integers(0, 255), st.integers(0, 60),
+        st.integers(0, 3) | st.integers(0, 255),
+        st.integers(0, 60),
         st.binary(min_size=0, max_size=200),
     )
-    mutated = st.builds(_overwrite, st.sampled_from(GOOD), st.integers(0, 255),
-                        st.binary(min_size=1, max_size=8))
-    return st.one_of(st.binary(max_size=300), st.binary(max_size=250).map(b"\x01".__add__),
-                     header, mutated)
+    mutated = st.builds(
+        _overwrite, st.sampled_from(GOOD), st.integers(0, 255), st.binary(min_size=1, max_size=8)
+    )
+    return st.one_of(
+        st.binary(max_size=300), st.binary(max_size=250).map(b"\x01".__add__), header, mutated
+    )
 
 
 @given(_plausible_frames())
@@ -484,4 +552,3 @@ def test_replay_window_matches_the_reference_model(counters, restart_at):
             window.accept(counter)
         assert (verdict or "accept") == model.offer(counter), (i, counter)
         assert 0 <= window.seen < 1 << protocol.REPLAY_WINDOW
-

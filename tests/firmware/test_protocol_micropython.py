@@ -5,7 +5,8 @@ firmware/protocol.py runs on the node, so the vectors that pin its bytes on CPyt
 MicroPython 1.27 (tests/fixtures/micropython.py).  One MicroPython run does everything
 and prints one JSON line; the tests below compare it with the vectors in this process.
 
-Run: .venv/bin/pytest -p tests.fixtures.micropython tests/firmware/test_protocol_micropython.py
+Run: .venv/bin/pytest tests/firmware/test_protocol_micropython.py (tests/conftest.py loads the
+fixture plugin)
 """
 
 import json
@@ -22,6 +23,8 @@ VECTORS = json.loads(VECTORS_TEXT)
 # exception's type, instead of ending the run.
 _PROGRAM = r"""
 import json
+import sys
+
 from firmware import metrics, protocol
 
 
@@ -98,7 +101,6 @@ def frame_error():
 
 with open("/vectors.json") as f:
     vectors = json.load(f)
-import sys
 print(json.dumps({
     "implementation": [sys.implementation.name, list(sys.implementation.version)[:3]],
     "frame_error": attempt(frame_error),
@@ -107,15 +109,6 @@ print(json.dumps({
     "replay": dict((v["name"], attempt(lambda: replay(v))) for v in vectors["replay"]),
 }))
 """
-
-# firmware/protocol.py's FrameError.__init__ calls ValueError.__init__(self, message), which
-# MicroPython does not have; any FrameError then surfaces as this AttributeError.
-_KNOWN_BUG = ("AttributeError", "has no attribute '__init__'")
-_KNOWN_BUG_REASON = (
-    "firmware/protocol.py bug under MicroPython: FrameError.__init__ calls "
-    "ValueError.__init__(self, message), which MicroPython lacks, so every FrameError "
-    "becomes AttributeError; fix: super().__init__(message)"
-)
 
 
 def _name(vector):
@@ -131,8 +124,8 @@ def test_runs_under_micropython(results):
     assert results["implementation"][0] == "micropython"
 
 
-@pytest.mark.xfail(strict=True, reason=_KNOWN_BUG_REASON)
 def test_frame_error_can_be_raised_under_micropython(results):
+    # MicroPython's exception types have no __init__ to call by name (fixed in 0e792b8).
     assert results["frame_error"] == {"ok": [True, "truncated", "frame is 0 bytes"]}
 
 
@@ -160,9 +153,7 @@ def test_good_vector_values(results, vector):
 
 
 def _refused(got, reason):
-    """A FrameError with `reason`; xfail when it is the known FrameError bug instead."""
-    if got.get("error") == _KNOWN_BUG[0] and _KNOWN_BUG[1] in got.get("message", ""):
-        pytest.xfail(_KNOWN_BUG_REASON)
+    """`got` records a FrameError with `reason` (not any other exception, not a frame)."""
     assert got.get("error") == "FrameError", got
     assert got["reason"] == reason, got
     assert got["message"]
