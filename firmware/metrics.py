@@ -35,34 +35,34 @@ _ROWS = [
     (0x01, "temperature_c", "degC", -2, -40.0, 85.0, "air"),
     (0x02, "humidity_pct", "%RH", -2, 0.0, 100.0, "air"),
     (0x03, "pressure_hpa", "hPa", -2, 300.0, 1100.0, "air"),
-    (0x04, "gas_resistance_ohm", "ohm", 0, 0.0, 16000000.0, "air"),
+    (0x04, "gas_resistance_ohm", "ohm", 0, 0, 16000000, "air"),
     (0x05, "pm25_ugm3", "ug/m3", -1, 0.0, 1000.0, "air"),
     (0x06, "pm10_ugm3", "ug/m3", -1, 0.0, 2000.0, "air"),
     (0x07, "pm1_ugm3", "ug/m3", -1, 0.0, 1000.0, "air"),
-    (0x08, "air_faults", "bitmask", 0, 0.0, 65535.0, "air"),
+    (0x08, "air_faults", "bitmask", 0, 0, 65535, "air"),
     # noise: A-weighted levels over the reporting window
     (0x20, "laeq_db", "dB(A)", -1, 0.0, 150.0, "noise"),
     (0x21, "lamax_db", "dB(A)", -1, 0.0, 150.0, "noise"),
     (0x22, "la10_db", "dB(A)", -1, 0.0, 150.0, "noise"),
     (0x23, "la50_db", "dB(A)", -1, 0.0, 150.0, "noise"),
     (0x24, "la90_db", "dB(A)", -1, 0.0, 150.0, "noise"),
-    (0x25, "noise_faults", "bitmask", 0, 0.0, 65535.0, "noise"),
+    (0x25, "noise_faults", "bitmask", 0, 0, 65535, "noise"),
     # crowd: only counts ever leave a crowd node
-    (0x60, "crowd_count", "devices", 0, 0.0, 65535.0, "crowd"),
-    (0x61, "rssi_bin_0", "devices", 0, 0.0, 65535.0, "crowd"),
-    (0x62, "rssi_bin_1", "devices", 0, 0.0, 65535.0, "crowd"),
-    (0x63, "rssi_bin_2", "devices", 0, 0.0, 65535.0, "crowd"),
-    (0x64, "rssi_bin_3", "devices", 0, 0.0, 65535.0, "crowd"),
-    (0x65, "rssi_bin_4", "devices", 0, 0.0, 65535.0, "crowd"),
-    (0x66, "crowd_faults", "bitmask", 0, 0.0, 65535.0, "crowd"),
+    (0x60, "crowd_count", "devices", 0, 0, 65535, "crowd"),
+    (0x61, "rssi_bin_0", "devices", 0, 0, 65535, "crowd"),
+    (0x62, "rssi_bin_1", "devices", 0, 0, 65535, "crowd"),
+    (0x63, "rssi_bin_2", "devices", 0, 0, 65535, "crowd"),
+    (0x64, "rssi_bin_3", "devices", 0, 0, 65535, "crowd"),
+    (0x65, "rssi_bin_4", "devices", 0, 0, 65535, "crowd"),
+    (0x66, "crowd_faults", "bitmask", 0, 0, 65535, "crowd"),
     # status: any kind, in a frame of its own (see FLAG_STATUS in protocol.py)
-    (0xE0, "uptime_s", "s", 0, 0.0, 2147483647.0, GROUP_STATUS),
-    (0xE1, "free_heap_bytes", "bytes", 0, 0.0, 2147483647.0, GROUP_STATUS),
-    (0xE2, "reset_cause", "enum", 0, 0.0, 255.0, GROUP_STATUS),
-    (0xE3, "firmware_version", "MMmmpp", 0, 0.0, 999999.0, GROUP_STATUS),
-    (0xE4, "error_count", "count", 0, 0.0, 2147483647.0, GROUP_STATUS),
-    (0xE5, "dropped_frames", "count", 0, 0.0, 2147483647.0, GROUP_STATUS),
-    (0xE6, "supply_mv", "mV", 0, 0.0, 65535.0, GROUP_STATUS),
+    (0xE0, "uptime_s", "s", 0, 0, 2147483647, GROUP_STATUS),
+    (0xE1, "free_heap_bytes", "bytes", 0, 0, 2147483647, GROUP_STATUS),
+    (0xE2, "reset_cause", "enum", 0, 0, 255, GROUP_STATUS),
+    (0xE3, "firmware_version", "MMmmpp", 0, 0, 999999, GROUP_STATUS),
+    (0xE4, "error_count", "count", 0, 0, 2147483647, GROUP_STATUS),
+    (0xE5, "dropped_frames", "count", 0, 0, 2147483647, GROUP_STATUS),
+    (0xE6, "supply_mv", "mV", 0, 0, 65535, GROUP_STATUS),
 ]
 for _i in range(len(BAND_CENTRES_HZ)):
     _ROWS.append(
@@ -95,6 +95,10 @@ class Metric:
 
 
 def to_raw_exp(value, exp):
+    # Integers stay integers: an ESP32's single-precision float cannot hold every count
+    # or uptime above 2**24 exactly.
+    if isinstance(value, int) and exp <= 0:
+        return value * (10 ** -exp)
     # Round half away from zero so a node with single-precision floats (ESP32) and the
     # gateway's doubles agree on the integer for every value that fits the scale.
     scaled = value * (10 ** -exp) if exp < 0 else value / (10**exp)

@@ -552,3 +552,11 @@ def test_replay_window_matches_the_reference_model(counters, restart_at):
             window.accept(counter)
         assert (verdict or "accept") == model.offer(counter), (i, counter)
         assert 0 <= window.seen < 1 << protocol.REPLAY_WINDOW
+
+
+def test_integer_values_stay_exact_above_float32_precision():
+    # An ESP32's floats are single precision: counts and uptimes must not pass through them.
+    uptime = metrics.BY_NAME["uptime_s"]
+    assert uptime.to_raw(16_777_217) == 16_777_217
+    assert uptime.to_raw(2_147_483_647) == uptime.raw_max == 2_147_483_647
+    assert isinstance(uptime.raw_max, int)
