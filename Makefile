@@ -4,39 +4,42 @@
 
 PYTHON ?= python3
 VENV   := .venv
-STAMPS := .stamps
 MPY_JS := tools/micropython
+# Stamps live inside what they stand for, so deleting .venv or node_modules redoes the setup.
+VENV_STAMP := $(VENV)/.dordt-installed
+TEST_STAMP := $(VENV)/.dordt-test-installed
+NPM_STAMP  := $(MPY_JS)/node_modules/.dordt-installed
 
-.PHONY: demo test setup setup-test lint clean
+.PHONY: demo test setup setup-test apt lint clean
 
-demo: $(STAMPS)/venv
+demo: $(VENV_STAMP)
 	$(VENV)/bin/dordt demo $(ARGS)
 
-test: $(STAMPS)/venv-test $(STAMPS)/apt $(STAMPS)/npm
+test: setup-test
 	$(VENV)/bin/python -m pytest $(ARGS)
 
-setup: $(STAMPS)/venv
-setup-test: $(STAMPS)/venv-test $(STAMPS)/apt $(STAMPS)/npm
+setup: $(VENV_STAMP)
+setup-test: $(TEST_STAMP) apt $(NPM_STAMP)
 
-lint: $(STAMPS)/venv-test
+# Checks for the programs each time (cheap) and installs only what is missing.
+apt:
+	@scripts/ensure-apt.sh
+
+lint: $(TEST_STAMP)
 	$(VENV)/bin/ruff check .
 
-$(STAMPS)/venv: pyproject.toml scripts/ensure-venv.sh
+$(VENV_STAMP): pyproject.toml scripts/ensure-venv.sh
 	@scripts/ensure-venv.sh "$(PYTHON)" "$(VENV)" ""
-	@mkdir -p $(STAMPS) && touch $@
+	@touch $@
 
-$(STAMPS)/venv-test: pyproject.toml scripts/ensure-venv.sh
+$(TEST_STAMP): pyproject.toml scripts/ensure-venv.sh
 	@scripts/ensure-venv.sh "$(PYTHON)" "$(VENV)" "[test]"
-	@mkdir -p $(STAMPS) && touch $(STAMPS)/venv $@
+	@touch $(VENV_STAMP) $@
 
-$(STAMPS)/apt: scripts/ensure-apt.sh
-	@scripts/ensure-apt.sh
-	@mkdir -p $(STAMPS) && touch $@
-
-$(STAMPS)/npm: $(MPY_JS)/package.json
-	@command -v node >/dev/null || scripts/ensure-apt.sh nodejs npm
-	cd $(MPY_JS) && npm install --no-audit --no-fund --loglevel=error
-	@mkdir -p $(STAMPS) && touch $@
+$(NPM_STAMP): $(MPY_JS)/package.json $(MPY_JS)/package-lock.json
+	@command -v node >/dev/null && command -v npm >/dev/null || scripts/ensure-apt.sh nodejs npm
+	cd $(MPY_JS) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
 
 clean:
-	rm -rf $(VENV) $(STAMPS) $(MPY_JS)/node_modules dordt-demo
+	rm -rf $(VENV) $(MPY_JS)/node_modules dordt-demo .stamps

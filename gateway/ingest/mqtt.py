@@ -85,10 +85,13 @@ class MqttIngest:
         log.warning("lost broker %s:%d (%s); reconnecting", self.host, self.port, reason_code)
 
     def _on_message(self, client, userdata, message) -> None:
-        mid, qos = message.mid, message.qos
+        mid, qos, session = message.mid, message.qos, self.connects
 
         def ack() -> None:
-            if qos:
+            # A message id is only meaningful on the connection it came on: after a
+            # reconnect the broker redelivers the message under a new id, and the same id
+            # may name another message that is not yet durable.
+            if qos and session == self.connects and self.connected.is_set():
                 client.ack(mid, qos)
 
         self.out.put(Envelope("mqtt", message.topic, bytes(message.payload), time.time(), ack))

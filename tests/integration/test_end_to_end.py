@@ -8,29 +8,15 @@ from __future__ import annotations
 
 import time
 
-import paho.mqtt.client as mqtt
 import pytest
 
 from firmware import metrics, protocol
 from gateway.forward.influx import InfluxStore
 from gateway.pipeline import Gateway
 from simulators.fleet import SimFleet, forged, stranger, truncated
+from tests.fixtures.services import publish_qos1
 
 pytestmark = pytest.mark.services
-
-
-def publish_all(url_host, url_port, frames):
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="e2e-fleet")
-    client.connect(url_host, url_port)
-    client.loop_start()
-    try:
-        infos = [client.publish(topic, payload, qos=1) for topic, payload in frames]
-        for info in infos:
-            info.wait_for_publish(10)
-            assert info.is_published()
-    finally:
-        client.disconnect()
-        client.loop_stop()
 
 
 def wait_until(predicate, timeout_s, what):
@@ -70,7 +56,7 @@ def test_every_published_reading_lands_once_with_tags_values_and_time(
     gateway.start()
     try:
         assert gateway.ingest.wait_connected(10)
-        publish_all(mosquitto.host, mosquitto.port, frames)
+        publish_qos1(mosquitto.host, mosquitto.port, frames, client_id="e2e-fleet")
         wait_until(lambda: gateway.stats.received == len(frames), 30, "the gateway to ingest")
         wait_until(lambda: gateway.outbox.depth() == 0, 30, "the outbox to drain")
     finally:
@@ -98,3 +84,30 @@ def test_every_published_reading_lands_once_with_tags_values_and_time(
     assert found.keys() == expected.keys()
     for key, points in expected.items():
         assert found[key] == pytest.approx(points), key
+
+
+def test_a_broker_restart_between_bursts_loses_nothing(mosquitto, tmp_path):
+    from gateway.forward.local import LocalStore
+
+    fleet = SimFleet(seed=12, status_every=0)
+    t0 = int(time.time()) - 600
+    bursts = [[(n.topic, n.frame(start + 10 * r)) for r in range(3) for n in fleet.nodes]
+              for start in (t0, t0 + 100)]
+    store_path = tmp_path / "store.sqlite"
+    gateway = Gateway(fleet.keyring(), LocalStore(store_path), tmp_path / "gw", mosquitto.url,
+                      client_id="restart-gateway")
+    gateway.start()
+    try:
+        assert gateway.ingest.wait_connected(10)
+        publish_qos1(mosquitto.host, mosquitto.port, bursts[0])
+        mosquitto.stop()  # the gateway is cut off; its session stays on the broker's disk
+        mosquitto.start()
+        publish_qos1(mosquitto.host, mosquitto.port, bursts[1])  # queued for the session
+        assert gateway.ingest.wait_connected(40)  # paho reconnects by itself
+        total = len(bursts[0]) + len(bursts[1])
+        wait_until(lambda: gateway.stats.accepted == total, 30, "both bursts")
+        wait_until(lambda: gateway.outbox.depth() == 0, 30, "the outbox to drain")
+    finally:
+        gateway.stop()
+    assert gateway.ingest.connects >= 2
+    assert sum(LocalStore(store_path).count_by(("zone",)).values()) == total

@@ -12,7 +12,13 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.fixtures.services import Mosquitto, VictoriaMetrics, find_binary, free_port
+from tests.fixtures.services import (
+    Mosquitto,
+    VictoriaMetrics,
+    find_binary,
+    free_port,
+    publish_qos1,
+)
 
 pytestmark = pytest.mark.services
 
@@ -63,18 +69,7 @@ class Subscriber:
 
 
 def publish(host: str, port: int, topic: str, payloads: list[bytes]) -> None:
-    """Publish at QoS 1 and wait until the broker has acknowledged every message."""
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="fixture-publisher")
-    client.connect(host, port)
-    client.loop_start()
-    try:
-        infos = [client.publish(topic, p, qos=1) for p in payloads]
-        for info in infos:
-            info.wait_for_publish(10)
-            assert info.is_published()
-    finally:
-        client.disconnect()
-        client.loop_stop()
+    publish_qos1(host, port, [(topic, p) for p in payloads], client_id="fixture-publisher")
 
 
 def test_mosquitto_carries_qos1_publish_and_subscribe(mosquitto: Mosquitto):
