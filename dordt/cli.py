@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     from dordt import demo_cli
     from fleet import cli as fleet_cli
     from gateway import cli as gateway_cli
+    from hardware import cli as hardware_cli
     from provisioning import cli as provision_cli
     from simulators import cli as sim_cli
 
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim_cli.register(groups)
     fleet_cli.register(groups)
     provision_cli.register(groups)
+    hardware_cli.register(groups)
     audit = groups.add_parser(
         "audit", help="privacy audits and register exports (not built yet)",
         description="Privacy audits against the emission manifest and exports for the "

@@ -27,7 +27,7 @@ def register(groups) -> None:
 def command_run(args: argparse.Namespace) -> int:
     from simulators.fleet import SimFleet
     from simulators.publish import FleetPublisher
-    from simulators.zones import ZonesError, load_placements
+    from hardware.sites import ZonesError, load_placements
 
     try:
         fleet = SimFleet(load_placements(args.zones), seed=args.seed)

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 from firmware import metrics, protocol
 from fleet.keyring import Keyring, NodeEntry
-from simulators.zones import NodePlacement, load_placements
+from hardware.sites import NodePlacement, load_placements
 
 M = metrics.BY_NAME
 
