@@ -124,7 +124,45 @@ def hmac_sha256(key, msg):
 
 
 def tag_of(key, signed):
+    """The frame tag of `signed` under `key` (bytes, or a PreparedKey)."""
+    if isinstance(key, PreparedKey):
+        return key.tag(signed)
     return hmac_sha256(key, signed)[:TAG_LEN]
+
+
+class PreparedKey:
+    """A node key with its HMAC pads hashed once (RFC 2104 §4: the keyed inner and outer
+    states can be precomputed), so a tag costs two sha256 copies instead of two extra
+    compressions: about 2x faster for gateways and simulators that tag many frames.
+    Where sha256 objects cannot be copied (MicroPython) it falls back to hmac_sha256.
+    Accepted wherever a key is (encode, verify, open_frame, tag_of)."""
+
+    def __init__(self, key):
+        if len(key) != KEY_LEN:
+            raise ValueError("node key must be %d bytes, got %d" % (KEY_LEN, len(key)))
+        self.key = bytes(key)
+        padded = self.key + bytes(64 - KEY_LEN)
+        inner = hashlib.sha256(_xor(padded, _IPAD))
+        if not hasattr(inner, "copy"):
+            self._inner = self._outer = None
+            return
+        self._inner = inner
+        self._outer = hashlib.sha256(_xor(padded, _OPAD))
+
+    def __len__(self):
+        return KEY_LEN
+
+    def __repr__(self):
+        return "PreparedKey(<secret>)"
+
+    def tag(self, signed):
+        if self._inner is None:
+            return hmac_sha256(self.key, signed)[:TAG_LEN]
+        inner = self._inner.copy()
+        inner.update(signed)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()[:TAG_LEN]
 
 
 def equal_ct(a, b):
@@ -247,8 +285,20 @@ def decode(data):
         if metric_id <= last:
             raise FrameError(MALFORMED, "metric ids not strictly ascending at byte %d" % pos)
         last = metric_id
-        raw, pos = _get_varint(data, pos + 1, end)
-        metrics.append((metric_id, raw))
+        pos += 1
+        # one- and two-byte values (most readings) inline; the rest, and every error
+        # case, through _get_varint
+        if pos + 1 < end and data[pos] & 0x80 and not data[pos + 1] & 0x80 and data[pos + 1]:
+            z = (data[pos] & 0x7F) | (data[pos + 1] << 7)
+            pos += 2
+        elif pos < end and not data[pos] & 0x80:
+            z = data[pos]
+            pos += 1
+        else:
+            raw, pos = _get_varint(data, pos, end)
+            metrics.append((metric_id, raw))
+            continue
+        metrics.append((metric_id, (z >> 1) if not z & 1 else -((z + 1) >> 1)))
     if pos != end:
         raise FrameError(MALFORMED, "%d stray bytes after the last metric" % (end - pos))
     return Frame(

@@ -48,6 +48,7 @@ class Verifier:
         self.windows: dict[int, ReplayWindow] = windows if windows is not None else {}
         self.clock = clock
         self.dirty: set[int] = set()  # nodes whose window moved since the last commit
+        self._prepared: dict[tuple[int, int], protocol.PreparedKey] = {}
 
     def check(self, env: Envelope) -> Reading | Rejected:
         try:
@@ -71,9 +72,12 @@ class Verifier:
             return reject("unknown_node", f"node {node} is not in the keyring")
         if entry.revoked:
             return reject("revoked", f"node {node} is revoked")
-        key = entry.keys.get(frame.key_id)
+        key = self._prepared.get((frame.node_id, frame.key_id))
         if key is None:
-            return reject("unknown_key", f"node {node} has no key id {frame.key_id}")
+            raw_key = entry.keys.get(frame.key_id)
+            if raw_key is None:
+                return reject("unknown_key", f"node {node} has no key id {frame.key_id}")
+            key = self._prepared[(frame.node_id, frame.key_id)] = protocol.PreparedKey(raw_key)
         if not protocol.verify(frame, key):
             return reject(protocol.BAD_TAG, f"tag does not verify for node {node}")
         window = self.windows.get(frame.node_id)
@@ -109,6 +113,11 @@ class Verifier:
             status=frame.is_status,
             time_estimated=not synced,
         )
+
+    def use_keyring(self, keyring: Keyring) -> None:
+        """Switch to a re-read keyring (enrolments, revocations, rotated keys)."""
+        self.keyring = keyring
+        self._prepared = {}
 
     def take_dirty(self) -> dict[int, ReplayWindow]:
         """The windows that moved since the last call, for the buffer to persist."""

@@ -560,3 +560,20 @@ def test_integer_values_stay_exact_above_float32_precision():
     assert uptime.to_raw(16_777_217) == 16_777_217
     assert uptime.to_raw(2_147_483_647) == uptime.raw_max == 2_147_483_647
     assert isinstance(uptime.raw_max, int)
+
+
+@pytest.mark.parametrize("vector", GOOD, ids=[v["name"] for v in GOOD])
+def test_a_prepared_key_gives_the_same_frames_and_verdicts(vector):
+    key = bytes.fromhex(vector["key"])
+    prepared = protocol.PreparedKey(key)
+    f = vector["fields"]
+    frame = protocol.encode(prepared, f["kind"], f["node_id"], f["counter"], f["timestamp"],
+                            f["window_s"], [tuple(m) for m in f["metrics"]], f["key_id"],
+                            f["flags"])
+    assert frame.hex() == vector["frame"]
+    assert protocol.verify(protocol.open_frame(frame, prepared), prepared)
+    wrong = protocol.PreparedKey(bytes(b ^ 1 for b in key))
+    with pytest.raises(FrameError) as err:
+        protocol.open_frame(frame, wrong)
+    assert err.value.reason == "bad_tag"
+    assert key.hex() not in repr(prepared)

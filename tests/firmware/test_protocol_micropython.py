@@ -172,3 +172,16 @@ def test_bad_vector_is_refused_with_its_reason(results, vector):
 @pytest.mark.parametrize("vector", VECTORS["replay"], ids=_name)
 def test_replay_sequence(results, vector):
     assert results["replay"][vector["name"]] == {"ok": vector["expected"]}
+
+
+def test_a_prepared_key_falls_back_under_micropython(micropython):
+    vector = VECTORS["good"][0]
+    out = micropython.run_json(
+        "import json\nfrom firmware import protocol\n"
+        f"key = bytes.fromhex({vector['key']!r})\n"
+        f"frame = bytes.fromhex({vector['frame']!r})\n"
+        "pk = protocol.PreparedKey(key)\n"
+        "protocol.open_frame(frame, pk)\n"
+        "print(json.dumps({'fallback': pk._inner is None, "
+        "'tag': protocol.tag_of(pk, frame[:-16]).hex()}))\n")
+    assert out == {"fallback": True, "tag": vector["frame"][-32:]}
