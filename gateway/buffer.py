@@ -36,6 +36,10 @@ CREATE TABLE IF NOT EXISTS replay_window (
     node_id INTEGER PRIMARY KEY, highest INTEGER NOT NULL, seen BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS batch (
+    seq INTEGER PRIMARY KEY, first_id INTEGER NOT NULL, last_id INTEGER NOT NULL,
+    record TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS quarantine (
     id INTEGER PRIMARY KEY, reading TEXT NOT NULL, error TEXT NOT NULL, at_s REAL NOT NULL
 );
@@ -108,11 +112,14 @@ class Outbox:
 
     def peek(self, limit: int) -> list[tuple[int, Reading]]:
         """The oldest `limit` readings with their outbox ids."""
+        return self._rows("ORDER BY id LIMIT ?", (limit,))
+
+    def _rows(self, where: str, params: tuple) -> list[tuple[int, Reading]]:
         with self._lock:
             rows = self._db.execute(
                 "SELECT id, node, kind, zone, site, counter, time_s, window_s, status,"
-                " estimated, fields FROM outbox ORDER BY id LIMIT ?",
-                (limit,),
+                " estimated, fields FROM outbox " + where,
+                params,
             ).fetchall()
         return [
             (
@@ -125,6 +132,42 @@ class Outbox:
             )
             for row in rows
         ]
+
+    # -- batches: a batch is fixed (members and signed record) before it is sent, so a
+    # batch re-sent after a crash is the same batch, with the same number and record.
+
+    def open_batch(self, first_id: int, last_id: int, make_record) -> tuple[int, str]:
+        """Number the next batch, ask `make_record(seq)` for its record (JSON text) and
+        keep both; returns (seq, record)."""
+        with self._lock, self._transaction() as db:
+            db.execute(_ADD_COUNTER, ("batch.seq", 1))
+            seq = db.execute("SELECT value FROM counters WHERE name = 'batch.seq'").fetchone()[0]
+            record = make_record(seq)
+            db.execute("INSERT INTO batch VALUES (?, ?, ?, ?)", (seq, first_id, last_id, record))
+        return seq, record
+
+    def pending_batch(self) -> tuple[int, str, list[tuple[int, Reading]]] | None:
+        """The batch that was opened but not closed (the gateway stopped mid-send)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT seq, first_id, last_id, record FROM batch ORDER BY seq LIMIT 1"
+            ).fetchone()
+        if row is None:
+            return None
+        seq, first_id, last_id, record = row
+        return seq, record, self._rows("WHERE id BETWEEN ? AND ? ORDER BY id",
+                                       (first_id, last_id))
+
+    def close_batch(self, seq: int, ids: list[int]) -> None:
+        """The store has the batch: drop its readings and the batch, in one transaction."""
+        with self._lock, self._transaction() as db:
+            self._remove(db, ids, "forwarded")
+            db.execute("DELETE FROM batch WHERE seq = ?", (seq,))
+
+    def abandon_batch(self, seq: int) -> None:
+        """The store refused the batch for good; its readings stay, to be split."""
+        with self._lock, self._transaction() as db:
+            db.execute("DELETE FROM batch WHERE seq = ?", (seq,))
 
     def remove(self, ids: list[int], counter: str = "forwarded") -> None:
         """Drop readings the store now has."""

@@ -22,9 +22,10 @@ from fleet.keyring import Keyring
 from gateway.anonymise import anonymise
 from gateway.buffer import Outbox
 from gateway.forward import Store
-from gateway.forward.forwarder import Forwarder
+from gateway.forward.forwarder import Forwarder, Provenance
 from gateway.ingest.mqtt import MqttIngest
 from gateway.model import Envelope, Reading, Rejected
+from gateway.provenance import AuditLog, GatewayIdentity
 from gateway.verify import Verifier
 
 log = logging.getLogger("dordt.gateway")
@@ -47,13 +48,17 @@ class Gateway:
         data_dir: str | Path,
         broker_url: str | None = None,
         client_id: str = "dordt-gateway",
+        gateway_id: str | None = None,
         group_max: int = 2000,
         group_wait_s: float = 0.05,
     ):
         self.data_dir = Path(data_dir)
         self.outbox = Outbox(self.data_dir / "outbox.sqlite")
         self.verifier = Verifier(keyring, self.outbox.load_windows())
-        self.forwarder = Forwarder(self.outbox, store)
+        self.identity = GatewayIdentity.load_or_create(self.data_dir, gateway_id or client_id)
+        self.audit = AuditLog(self.data_dir / "audit.log")
+        self.forwarder = Forwarder(self.outbox, store,
+                                   provenance=Provenance(self.identity, self.audit))
         self.store = store
         self.queue: queue.Queue[Envelope] = queue.Queue()
         self.ingest = MqttIngest(broker_url, self.queue, client_id) if broker_url else None

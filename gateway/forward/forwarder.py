@@ -9,15 +9,40 @@ one bad reading never blocks the queue.
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 from gateway.buffer import Outbox
 from gateway.forward import PermanentStoreError, RetryableStoreError, Store
+from gateway.model import Reading
+from gateway.provenance import (
+    BATCH_FIELD,
+    AuditLog,
+    GatewayIdentity,
+    ProvenanceRecord,
+    make_record,
+)
 
 BATCH_MAX = 5000  # lines per write: the InfluxDB guidance for batch size
+
+
+@dataclass
+class Provenance:
+    """What the forwarder needs to sign batches: the gateway's key, its audit log, and the
+    anonymisation policy the readings went through."""
+
+    identity: GatewayIdentity
+    audit: AuditLog
+    policy_version: int = 0
+    policy_hash: bytes = bytes(32)
+
+    def record(self, seq: int, readings: list[Reading]) -> ProvenanceRecord:
+        return make_record(self.identity, seq, readings, self.policy_version,
+                           self.policy_hash)
 
 
 class Forwarder:
@@ -30,6 +55,7 @@ class Forwarder:
         backoff_max_s: float = 60.0,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        provenance: Provenance | None = None,
     ):
         self.outbox = outbox
         self.store = store
@@ -38,6 +64,7 @@ class Forwarder:
         self.backoff_max_s = backoff_max_s
         self.clock = clock
         self.rng = rng or random.Random()
+        self.provenance = provenance
         self.failures = 0  # consecutive retryable failures
         self.last_error: str | None = None
         self._stop = threading.Event()
@@ -47,26 +74,53 @@ class Forwarder:
     def drain_once(self) -> int:
         """Send one batch.  Returns how many readings left the outbox (0: empty).
         Raises RetryableStoreError when the store is unavailable."""
-        batch = self.outbox.peek(self.batch_max)
-        if not batch:
-            return 0
-        self._send(batch)
+        pending = self.outbox.pending_batch()
+        if pending is not None:  # opened before a stop or crash: send exactly that again
+            seq, record, items = pending
+            self._send(items, (seq, record))
+        else:
+            items = self.outbox.peek(self.batch_max)
+            if not items:
+                return 0
+            self._send(items)
         self.failures = 0
         self.last_error = None
-        return len(batch)
+        return len(items)
 
-    def _send(self, batch) -> None:
-        try:
-            self.store.write([r for _, r in batch])
-        except PermanentStoreError as exc:
-            if len(batch) == 1:
-                self.outbox.quarantine(batch[0], str(exc), self.clock())
-                return
-            half = len(batch) // 2
-            self._send(batch[:half])
-            self._send(batch[half:])
+    def _send(self, items, opened: tuple[int, str] | None = None) -> None:
+        if not items:
+            if opened is not None:
+                self.outbox.abandon_batch(opened[0])
             return
-        self.outbox.remove([i for i, _ in batch])
+        if self.provenance is None:
+            try:
+                self.store.write([r for _, r in items])
+            except PermanentStoreError as exc:
+                self._split(items, exc)
+                return
+            self.outbox.remove([i for i, _ in items])
+            return
+        seq, record_json = opened or self.outbox.open_batch(
+            items[0][0], items[-1][0],
+            lambda seq: json.dumps(self.provenance.record(seq, [r for _, r in items]).to_json()))
+        record = ProvenanceRecord.from_json(json.loads(record_json))
+        points = [replace(r, fields={**r.fields, BATCH_FIELD: float(seq)}) for _, r in items]
+        try:
+            self.store.write([*points, record.to_point()])
+        except PermanentStoreError as exc:
+            self.outbox.abandon_batch(seq)
+            self._split(items, exc)
+            return
+        self.provenance.audit.append(record, self.clock())
+        self.outbox.close_batch(seq, [i for i, _ in items])
+
+    def _split(self, items, exc: PermanentStoreError) -> None:
+        if len(items) == 1:
+            self.outbox.quarantine(items[0], str(exc), self.clock())
+            return
+        half = len(items) // 2
+        self._send(items[:half])
+        self._send(items[half:])
 
     def backoff_s(self, retry_after_s: float | None) -> float:
         """Full-jitter exponential backoff, never shorter than the store's Retry-After."""

@@ -179,6 +179,8 @@ class LocalStore:
         if kind is not None:
             where.append("(kind = ? OR measurement = ?)")
             params += [kind, kind]
+        if kind != "provenance":  # batch records, not readings (gateway/provenance.py)
+            where.append("measurement != 'provenance'")
         # SQLite takes the bare columns of a MAX() aggregate from the row holding the maximum
         # (https://sqlite.org/lang_select.html#bare_columns_in_an_aggregate_query).
         sql = (

@@ -42,7 +42,7 @@ def test_a_group_is_acked_after_commit_and_reaches_the_store(tmp_path):
         pass
     assert gw.outbox.depth() == 0
     assert gw.outbox.counters() == {"received": 29, "accepted": 28, "rejected.replay": 1,
-                                    "forwarded": 28}
+                                    "forwarded": 28, "batch.seq": 1}
     assert sum(LocalStore(tmp_path / "store.sqlite").count_by(("zone",)).values()) == 28
     gw.stop(0)
 

@@ -1,0 +1,160 @@
+"""Provenance: signed batches a verifier can re-check in the store, and a hash-chained
+audit log; tampering with the store or the log is detected."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from gateway.forward.influx import InfluxStore
+from gateway.forward.local import LocalStore
+from gateway.model import Envelope
+from gateway.pipeline import Gateway
+from gateway.provenance import (
+    AuditLog,
+    GatewayIdentity,
+    ProvenanceRecord,
+    load_public_key,
+    make_record,
+    read_local,
+    read_victoriametrics,
+    verify_batches,
+)
+from simulators.fleet import SimFleet
+
+
+def run_gateway(fleet, store, data_dir, rounds, t0, batch_max=50):
+    gw = Gateway(fleet.keyring(), store, data_dir, gateway_id="gw-test")
+    gw.forwarder.batch_max = batch_max
+    for r in range(rounds):
+        gw.process([Envelope("mqtt", t, f, t0) for t, f in fleet.tick(t0 + 10 * r)])
+    while gw.forwarder.drain_once():
+        pass
+    return gw
+
+
+def test_records_sign_round_trip_and_refuse_changes(tmp_path):
+    ident = GatewayIdentity.load_or_create(tmp_path, "gw-a")
+    assert (tmp_path / "gateway.key").stat().st_mode & 0o777 == 0o600
+    assert "PRIVATE" not in repr(ident)
+    fleet = SimFleet(seed=5)
+    from gateway.verify import Verifier
+    v = Verifier(fleet.keyring())
+    readings = [v.check(Envelope("mqtt", t, f, 0)) for t, f in fleet.tick(1_790_000_000)]
+    rec = make_record(ident, 7, readings, 3, bytes(range(32)))
+    pub = load_public_key(tmp_path / "gateway.pub")
+    assert rec.verify(pub)
+    back = ProvenanceRecord.from_fields("gw-a", rec.to_point().fields)
+    assert back == rec and back.verify(pub)
+    forged = ProvenanceRecord(**{**rec.__dict__, "count": rec.count + 1})
+    assert not forged.verify(pub)
+    # the same key is read back on the next start
+    assert GatewayIdentity.load_or_create(tmp_path, "gw-a").public_key.public_bytes_raw() == \
+        ident.public_key.public_bytes_raw()
+
+
+def test_local_store_batches_verify_and_one_changed_value_is_found(tmp_path):
+    fleet = SimFleet(seed=5, status_every=3)
+    t0 = 1_790_000_000
+    gw = run_gateway(fleet, LocalStore(tmp_path / "store.sqlite"), tmp_path / "gw", 4, t0)
+    pub = load_public_key(tmp_path / "gw" / "gateway.pub")
+    points = read_local(tmp_path / "store.sqlite", t0 - 10, t0 + 100)
+    report = verify_batches(points, pub, "gw-test")
+    assert report.ok and report.batches_ok == -(-4 * 27 // 50)
+    assert gw.audit.verify(pub) == []
+    db = sqlite3.connect(tmp_path / "store.sqlite")
+    with db:
+        db.execute("UPDATE points SET value = value + 0.1 WHERE (measurement, node, time_s,"
+                   " field) IN (SELECT measurement, node, time_s, field FROM points"
+                   " WHERE field = 'pm25_ugm3' LIMIT 1)")
+    db.close()
+    report = verify_batches(read_local(tmp_path / "store.sqlite", t0 - 10, t0 + 100), pub,
+                            "gw-test")
+    assert len(report.problems) == 1 and "differ from what was signed" in report.problems[0]
+
+
+@pytest.mark.services
+def test_victoriametrics_batches_verify_and_tampering_is_found(tmp_path,
+                                                             victoriametrics_factory):
+    vm = victoriametrics_factory()
+    fleet = SimFleet(seed=6, status_every=4)
+    t0 = int(time.time()) - 3600
+    run_gateway(fleet, InfluxStore(vm.url), tmp_path / "gw", 6, t0, batch_max=40)
+    vm.flush()
+    pub = load_public_key(tmp_path / "gw" / "gateway.pub")
+    report = verify_batches(read_victoriametrics(vm.url, t0 - 10, t0 + 100), pub, "gw-test")
+    assert report.ok, report.problems
+    assert report.batches_ok == -(-6 * 27 // 40)
+    # someone raises one stored value (VictoriaMetrics keeps the larger of two samples
+    # with the same timestamp)
+    node = fleet.nodes[0]
+    line = (f"air,kind=air,node={node.node_id:08x},site={node.placement.site},"
+            f"zone={node.placement.zone} temperature_c=99.5 {t0}")
+    import urllib.request
+    urllib.request.urlopen(urllib.request.Request(
+        f"{vm.url}/api/v2/write?precision=s", data=line.encode(), method="POST"), timeout=10)
+    vm.flush()
+    report = verify_batches(read_victoriametrics(vm.url, t0 - 10, t0 + 100), pub, "gw-test")
+    assert len(report.problems) == 1 and "differ from what was signed" in report.problems[0]
+
+
+def test_a_batch_resent_after_a_crash_keeps_its_number_and_record(tmp_path):
+    fleet = SimFleet(seed=8)
+    t0 = 1_790_000_000
+    store = LocalStore(tmp_path / "store.sqlite")
+    gw = Gateway(fleet.keyring(), store, tmp_path / "gw", gateway_id="gw-test")
+    gw.process([Envelope("mqtt", t, f, t0) for t, f in fleet.tick(t0)])
+    items = gw.outbox.peek(100)
+    # the forwarder numbered and signed the batch, then the gateway died before the write
+    seq, record = gw.outbox.open_batch(
+        items[0][0], items[-1][0],
+        lambda s: json.dumps(gw.forwarder.provenance.record(s, [r for _, r in items]).to_json()))
+    again = Gateway(fleet.keyring(), store, tmp_path / "gw", gateway_id="gw-test")
+    assert again.forwarder.drain_once() == 27
+    assert again.outbox.depth() == 0
+    entries = [json.loads(x) for x in (tmp_path / "gw" / "audit.log").read_text().splitlines()]
+    assert [e["record"]["seq"] for e in entries] == [seq]
+    assert entries[0]["record"] == json.loads(record)
+
+
+def test_the_audit_log_chain_detects_edits_and_removals(tmp_path):
+    fleet = SimFleet(seed=5)
+    t0 = 1_790_000_000
+    run_gateway(fleet, LocalStore(tmp_path / "s.sqlite"), tmp_path / "gw", 5, t0, 20)
+    log = AuditLog(tmp_path / "gw" / "audit.log")
+    pub = load_public_key(tmp_path / "gw" / "gateway.pub")
+    assert log.verify(pub) == [] and log.last_seq == 7
+    lines = log.path.read_text().splitlines()
+    edited = json.loads(lines[2])
+    edited["record"]["count"] += 1
+    log.path.write_text("\n".join([*lines[:2], json.dumps(edited), *lines[3:]]) + "\n")
+    problems = log.verify(pub)
+    assert any("line 3: its record was changed" in p for p in problems)
+    log.path.write_text("\n".join(lines[:2] + lines[3:]) + "\n")
+    assert any("chain broken" in p for p in AuditLog(log.path).verify(pub))
+
+
+def test_verify_command(tmp_path):
+    fleet = SimFleet(seed=5)
+    t0 = 1_790_000_000
+    run_gateway(fleet, LocalStore(tmp_path / "store.sqlite"), tmp_path / "gw", 2, t0)
+    cmd = [sys.executable, "-m", "dordt.cli", "gateway", "verify", "--store",
+           f"sqlite:{tmp_path / 'store.sqlite'}", "--pubkey", str(tmp_path / "gw" / "gateway.pub"),
+           "--gateway", "gw-test", "--from", str(t0 - 5), "--to", str(t0 + 30),
+           "--audit-log", str(tmp_path / "gw" / "audit.log")]
+    ok = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert "2 batches verified" in ok.stdout and "audit log: chain intact" in ok.stdout
+    db = sqlite3.connect(tmp_path / "store.sqlite")
+    with db:
+        db.execute("DELETE FROM points WHERE (measurement, node, time_s, field) IN (SELECT"
+                   " measurement, node, time_s, field FROM points WHERE measurement = 'crowd'"
+                   " AND field = 'crowd_count' LIMIT 1)")
+    db.close()
+    bad = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "readings differ" in bad.stdout
