@@ -17,13 +17,18 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
 
 from firmware.protocol import ReplayWindow
-from gateway.model import Reading
+from gateway.model import Point, Reading
+
+# Why readings were evicted, as the gap record's `reason` field says.
+EVICT_BYTES, EVICT_AGE, EVICT_DISK_FULL = 1, 2, 3
+_EVICT_NAMES = {EVICT_BYTES: "bytes", EVICT_AGE: "age", EVICT_DISK_FULL: "disk_full"}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -39,6 +44,10 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 CREATE TABLE IF NOT EXISTS batch (
     seq INTEGER PRIMARY KEY, first_id INTEGER NOT NULL, last_id INTEGER NOT NULL,
     record TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS extra (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, measurement TEXT NOT NULL, tags TEXT NOT NULL,
+    fields TEXT NOT NULL, time_s INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS quarantine (
     id INTEGER PRIMARY KEY, reading TEXT NOT NULL, error TEXT NOT NULL, at_s REAL NOT NULL
@@ -56,7 +65,14 @@ class Outbox:
     """One writer (the pipeline) and one reader (the forwarder) share it; a lock keeps
     their statements apart on the single connection."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, max_bytes: int | None = None,
+                 max_age_s: float | None = None, clock=time.time):
+        """`max_bytes` bounds the database's used pages, `max_age_s` the age of the oldest
+        reading; enforce_bounds() evicts the oldest readings beyond either and leaves a gap
+        record per node in their place, so the twin knows what is missing."""
+        self.max_bytes = max_bytes
+        self.max_age_s = max_age_s
+        self.clock = clock
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -98,6 +114,104 @@ class Outbox:
             )
             if counts:
                 db.executemany(_ADD_COUNTER, list(counts.items()))
+
+    # -- bounds -------------------------------------------------------------------------
+
+    def used_bytes(self) -> int:
+        with self._lock:
+            return self._used_bytes()
+
+    def _used_bytes(self) -> int:
+        db = self._db
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        free = db.execute("PRAGMA freelist_count").fetchone()[0]
+        return (pages - free) * db.execute("PRAGMA page_size").fetchone()[0]
+
+    def enforce_bounds(self) -> int:
+        """Evict what is beyond the age and byte bounds; returns how many readings went."""
+        evicted = 0
+        if self.max_age_s is not None:
+            cutoff = int(self.clock() - self.max_age_s)
+            evicted += self.evict("time_s < ?", (cutoff,), EVICT_AGE)
+        if self.max_bytes is not None:
+            while self.used_bytes() > self.max_bytes:
+                n = self.evict_oldest(max(100, self.depth() // 20), EVICT_BYTES)
+                if n == 0:
+                    break
+                evicted += n
+        return evicted
+
+    def evict_oldest(self, n: int, reason: int) -> int:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT max(id) FROM (SELECT id FROM outbox WHERE id > ? ORDER BY id LIMIT ?)",
+                (self._pending_last_id(), n)).fetchone()
+        if row[0] is None:
+            return 0
+        return self.evict("id <= ?", (row[0],), reason)
+
+    def _pending_last_id(self) -> int:
+        # readings of a batch being sent are never evicted: its signed record counts them
+        return self._db.execute("SELECT coalesce(max(last_id), 0) FROM batch").fetchone()[0]
+
+    def evict(self, where: str, params: tuple, reason: int) -> int:
+        """Delete the readings matching `where` (not those of a batch being sent) and write
+        one gap record per node: how many readings, from when to when, and why."""
+        cond = f"({where}) AND id > ?"
+        with self._lock, self._transaction() as db:
+            params = (*params, self._pending_last_id())
+            groups = db.execute(
+                "SELECT node, kind, zone, site, count(*), min(time_s), max(time_s) FROM outbox"
+                f" WHERE {cond} GROUP BY node, kind, zone, site", params).fetchall()
+            if not groups:
+                return 0
+            db.execute(f"DELETE FROM outbox WHERE {cond}", params)
+            total = 0
+            for node, kind, zone, site, count, first_s, last_s in groups:
+                tags = {"zone": zone, "site": site, "node": node, "kind": kind}
+                fields = {"readings": count, "first_s": first_s, "last_s": last_s,
+                          "reason": reason}
+                db.execute("INSERT INTO extra (measurement, tags, fields, time_s)"
+                           " VALUES ('gap', ?, ?, ?)",
+                           (json.dumps(tags), json.dumps(fields), last_s))
+                total += count
+            db.execute(_ADD_COUNTER, (f"evicted.{_EVICT_NAMES[reason]}", total))
+        return total
+
+    # -- points that are not readings (gap records, heartbeats) ------------------------
+
+    def add_point(self, point: Point) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO extra (measurement, tags, fields, time_s) VALUES (?, ?, ?, ?)",
+                (point.measurement, json.dumps(point.tags), json.dumps(point.fields),
+                 point.time_s))
+
+    def peek_points(self, limit: int) -> list[tuple[int, Point]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, measurement, tags, fields, time_s FROM extra ORDER BY id LIMIT ?",
+                (limit,)).fetchall()
+        return [(i, Point(m, json.loads(t), {k: float(v) for k, v in json.loads(f).items()},
+                          ts)) for i, m, t, f, ts in rows]
+
+    def quarantine_point(self, item: tuple[int, Point], error: str, at_s: float) -> None:
+        point_id, point = item
+        doc = json.dumps({"measurement": point.measurement, **point.tags,
+                          "time_s": point.time_s, "fields": point.fields})
+        with self._lock, self._transaction() as db:
+            db.execute("INSERT INTO quarantine (reading, error, at_s) VALUES (?, ?, ?)",
+                       (doc, error, at_s))
+            db.execute("DELETE FROM extra WHERE id = ?", (point_id,))
+            db.execute(_ADD_COUNTER, ("quarantined", 1))
+
+    def remove_points(self, ids: list[int]) -> None:
+        with self._lock, self._transaction() as db:
+            db.executemany("DELETE FROM extra WHERE id = ?", [(i,) for i in ids])
+
+    def oldest_time_s(self) -> int | None:
+        with self._lock:
+            return self._db.execute("SELECT min(time_s) FROM outbox").fetchone()[0]
 
     def load_windows(self) -> dict[int, ReplayWindow]:
         with self._lock:
@@ -177,10 +291,11 @@ class Outbox:
     def quarantine(self, item: tuple[int, Reading], error: str, at_s: float) -> None:
         """Set aside a reading the store refuses for good, so it never blocks the queue."""
         outbox_id, reading = item
-        doc = json.dumps({**reading.tags, "time_s": reading.time_s, "fields": reading.fields})
+        doc = json.dumps({"measurement": reading.measurement, **reading.tags,
+                          "time_s": reading.time_s, "fields": reading.fields})
         with self._lock, self._transaction() as db:
-            db.execute("INSERT OR REPLACE INTO quarantine VALUES (?, ?, ?, ?)",
-                       (outbox_id, doc, error, at_s))
+            db.execute("INSERT INTO quarantine (reading, error, at_s) VALUES (?, ?, ?)",
+                       (doc, error, at_s))
             self._remove(db, [outbox_id], "quarantined")
 
     @staticmethod
@@ -193,10 +308,12 @@ class Outbox:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._db
+            self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            # SQLite rolls back by itself after some errors (SQLITE_FULL among them)
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
 
     def depth(self) -> int:
         with self._lock:

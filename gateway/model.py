@@ -55,3 +55,30 @@ class Rejected:
     detail: str
     source: str
     node: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    """A store point that is not a node's reading: gap records, gateway heartbeats.
+    Carries the same attributes the stores read from a Reading."""
+
+    measurement: str
+    tags: dict[str, str] = field(hash=False)
+    fields: dict[str, float] = field(hash=False)
+    time_s: int = 0
+
+    @property
+    def node(self) -> str:
+        return self.tags.get("node") or self.tags.get("gateway", "-")
+
+    @property
+    def zone(self) -> str:
+        return self.tags.get("zone", "-")
+
+    @property
+    def site(self) -> str:
+        return self.tags.get("site", "-")
+
+    @property
+    def kind(self) -> str:
+        return self.tags.get("kind", "gateway")

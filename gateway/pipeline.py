@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from fleet.keyring import Keyring
 from gateway.anonymise import anonymise
-from gateway.buffer import Outbox
+from gateway.buffer import EVICT_DISK_FULL, Outbox
 from gateway.forward import Store
 from gateway.forward.forwarder import Forwarder, Provenance
 from gateway.ingest.mqtt import MqttIngest
@@ -51,9 +52,14 @@ class Gateway:
         gateway_id: str | None = None,
         group_max: int = 2000,
         group_wait_s: float = 0.05,
+        buffer_max_bytes: int | None = 512 * 1024 * 1024,
+        buffer_max_age_s: float | None = 30 * 86400,
+        housekeeping_s: float = 5.0,
     ):
         self.data_dir = Path(data_dir)
-        self.outbox = Outbox(self.data_dir / "outbox.sqlite")
+        self.outbox = Outbox(self.data_dir / "outbox.sqlite", buffer_max_bytes,
+                             buffer_max_age_s)
+        self.housekeeping_s = housekeeping_s
         self.verifier = Verifier(keyring, self.outbox.load_windows())
         self.identity = GatewayIdentity.load_or_create(self.data_dir, gateway_id or client_id)
         self.audit = AuditLog(self.data_dir / "audit.log")
@@ -66,6 +72,7 @@ class Gateway:
         self.group_wait_s = group_wait_s
         self.stats = GatewayStats()
         self.rejections: list[Rejected] = []  # the latest few, for people
+        self.alerts: dict[str, float] = {}  # name -> when it was last raised (health)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -78,8 +85,19 @@ class Gateway:
         rejected = Counter(r.reason for r in results if isinstance(r, Rejected))
         counts = Counter({"received": len(envelopes), "accepted": len(readings)})
         counts.update({f"rejected.{k}": v for k, v in rejected.items()})
+        moved = self.verifier.take_dirty()
         try:
-            self.outbox.commit(readings, self.verifier.take_dirty(), counts)
+            try:
+                self.outbox.commit(readings, moved, counts)
+            except sqlite3.OperationalError as exc:
+                if not _disk_full(exc):
+                    raise
+                # The buffer's filesystem is full: make room by evicting the oldest
+                # readings (gap records say so), raise the alert, and try once more.
+                self.alerts["disk_full"] = time.time()
+                log.error("buffer disk full: evicting the oldest readings to make room")
+                self.outbox.evict_oldest(max(1000, 2 * len(readings)), EVICT_DISK_FULL)
+                self.outbox.commit(readings, moved, counts)
         except Exception:
             # Nothing of this group is durable: forget its window moves and do not ack,
             # so the broker redelivers it.
@@ -100,8 +118,21 @@ class Gateway:
             self.forwarder.wake()
         return results
 
+    def housekeeping(self) -> None:
+        """Periodic duties: the buffer's bounds."""
+        if self.outbox.enforce_bounds():
+            self.alerts["buffer_evicting"] = time.time()
+            self.forwarder.wake()
+
     def _run(self) -> None:
+        next_housekeeping = time.monotonic()
         while not self._stop.is_set() or not self.queue.empty():
+            if time.monotonic() >= next_housekeeping:
+                next_housekeeping = time.monotonic() + self.housekeeping_s
+                try:
+                    self.housekeeping()
+                except Exception:
+                    log.exception("housekeeping failed; will try again")
             try:
                 first = self.queue.get(timeout=0.2)
             except queue.Empty:
@@ -141,3 +172,7 @@ class Gateway:
         self.forwarder.stop(drain_timeout_s)
         self.store.close()
         self.outbox.close()
+
+
+def _disk_full(exc: sqlite3.OperationalError) -> bool:
+    return getattr(exc, "sqlite_errorname", "") == "SQLITE_FULL" or "full" in str(exc)

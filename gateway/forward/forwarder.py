@@ -66,6 +66,7 @@ class Forwarder:
         self.rng = rng or random.Random()
         self.provenance = provenance
         self.failures = 0  # consecutive retryable failures
+        self.last_success_s: float | None = None
         self.last_error: str | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -80,12 +81,20 @@ class Forwarder:
             self._send(items, (seq, record))
         else:
             items = self.outbox.peek(self.batch_max)
-            if not items:
-                return 0
             self._send(items)
+        points = self.outbox.peek_points(self.batch_max)
+        if points:  # gap records and heartbeats: not readings, so not in signed batches
+            try:
+                self.store.write([p for _, p in points])
+            except PermanentStoreError as exc:
+                for item in points:
+                    self.outbox.quarantine_point(item, str(exc), self.clock())
+            else:
+                self.outbox.remove_points([i for i, _ in points])
         self.failures = 0
         self.last_error = None
-        return len(items)
+        self.last_success_s = self.clock()
+        return len(items) + len(points)
 
     def _send(self, items, opened: tuple[int, str] | None = None) -> None:
         if not items:
