@@ -24,6 +24,7 @@ from gateway.anonymise import anonymise
 from gateway.buffer import EVICT_DISK_FULL, Outbox
 from gateway.forward import Store
 from gateway.forward.forwarder import Forwarder, Provenance
+from gateway.health import Health, sd_notify, watchdog_interval_s
 from gateway.ingest.mqtt import MqttIngest
 from gateway.model import Envelope, Reading, Rejected
 from gateway.provenance import AuditLog, GatewayIdentity
@@ -55,13 +56,16 @@ class Gateway:
         buffer_max_bytes: int | None = 512 * 1024 * 1024,
         buffer_max_age_s: float | None = 30 * 86400,
         housekeeping_s: float = 5.0,
+        heartbeat_s: float = 60.0,
+        health_port: int | None = None,
     ):
         self.data_dir = Path(data_dir)
         self.outbox = Outbox(self.data_dir / "outbox.sqlite", buffer_max_bytes,
                              buffer_max_age_s)
         self.housekeeping_s = housekeeping_s
         self.verifier = Verifier(keyring, self.outbox.load_windows())
-        self.identity = GatewayIdentity.load_or_create(self.data_dir, gateway_id or client_id)
+        self.gateway_id = gateway_id or client_id
+        self.identity = GatewayIdentity.load_or_create(self.data_dir, self.gateway_id)
         self.audit = AuditLog(self.data_dir / "audit.log")
         self.forwarder = Forwarder(self.outbox, store,
                                    provenance=Provenance(self.identity, self.audit))
@@ -75,6 +79,13 @@ class Gateway:
         self.alerts: dict[str, float] = {}  # name -> when it was last raised (health)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._loop_tick = time.monotonic()
+        self.health = Health(self)
+        self.health_port = health_port  # None: no HTTP endpoint; 0: any free port
+        self.heartbeat_s = heartbeat_s
+        self._next_heartbeat = time.monotonic() + heartbeat_s
+        self._watchdog_s = watchdog_interval_s()
+        self._next_watchdog = 0.0
 
     # -- processing -------------------------------------------------------------------------
 
@@ -118,15 +129,29 @@ class Gateway:
             self.forwarder.wake()
         return results
 
+    def loop_alive(self, now_s: float | None = None) -> bool:
+        """False when the processing thread has died or stopped turning."""
+        if self._thread is None:
+            return True
+        return self._thread.is_alive() and time.monotonic() - self._loop_tick < 30
+
     def housekeeping(self) -> None:
-        """Periodic duties: the buffer's bounds."""
+        """Periodic duties: the buffer's bounds, the heartbeat to the store."""
         if self.outbox.enforce_bounds():
             self.alerts["buffer_evicting"] = time.time()
+            self.forwarder.wake()
+        if time.monotonic() >= self._next_heartbeat:
+            self._next_heartbeat = time.monotonic() + self.heartbeat_s
+            self.outbox.add_point(self.health.heartbeat_point())
             self.forwarder.wake()
 
     def _run(self) -> None:
         next_housekeeping = time.monotonic()
         while not self._stop.is_set() or not self.queue.empty():
+            self._loop_tick = time.monotonic()
+            if self._watchdog_s and self._loop_tick >= self._next_watchdog:
+                self._next_watchdog = self._loop_tick + self._watchdog_s
+                sd_notify("WATCHDOG=1")
             if time.monotonic() >= next_housekeeping:
                 next_housekeeping = time.monotonic() + self.housekeeping_s
                 try:
@@ -160,12 +185,17 @@ class Gateway:
         self.forwarder.start()
         if self.ingest is not None:
             self.ingest.start()
+        if self.health_port is not None:
+            self.health_port = self.health.serve(port=self.health_port)
+        sd_notify("READY=1")
 
     def stop(self, drain_timeout_s: float = 10.0) -> None:
         """Stop ingest, commit what was received, give the forwarder up to
         `drain_timeout_s` to empty the outbox, then close everything."""
+        sd_notify("STOPPING=1")
         if self.ingest is not None:
             self.ingest.stop()
+        self.health.close()
         self._stop.set()
         if self._thread is not None:
             self._thread.join(30)
