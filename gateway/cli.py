@@ -16,18 +16,25 @@ def register(groups) -> None:
                           description="Ingest, verify, anonymise, buffer and forward frames.")
     sub = g.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    run = sub.add_parser("run", help="run the gateway until stopped (SIGINT/SIGTERM)")
-    run.add_argument("--broker", required=True, metavar="URL", help="mqtt://HOST:PORT")
-    run.add_argument("--keyring", required=True, metavar="PATH", help="node keyring (JSON)")
-    run.add_argument("--store", required=True, metavar="SPEC",
+    run = sub.add_parser(
+        "run", help="run the gateway until stopped (SIGINT/SIGTERM)",
+        description="Run from a config file (--config; see gateway/gateway.sample.toml), or "
+        "give --broker, --keyring, --store and --data-dir for a quick start.")
+    run.add_argument("--config", metavar="TOML", help="the gateway's config file")
+    run.add_argument("--broker", metavar="URL", help="mqtt://HOST:PORT")
+    run.add_argument("--keyring", metavar="PATH", help="node keyring (JSON)")
+    run.add_argument("--store", metavar="SPEC",
                      help="sqlite:PATH or http://HOST:PORT (InfluxDB / VictoriaMetrics)")
-    run.add_argument("--data-dir", required=True, metavar="DIR",
-                     help="where the durable outbox lives")
+    run.add_argument("--data-dir", metavar="DIR", help="where the durable outbox lives")
     run.add_argument("--client-id", default="dordt-gateway",
                      help="MQTT client id; the broker keeps this session while we are away")
     run.add_argument("--duration", type=float, metavar="S",
                      help="stop after S seconds (default: run until signalled)")
     run.set_defaults(handler=command_run)
+
+    check = sub.add_parser("check-config", help="validate a config file and say what is wrong")
+    check.add_argument("--config", required=True, metavar="TOML")
+    check.set_defaults(handler=command_check_config)
 
     verify = sub.add_parser(
         "verify", help="re-check signed batches in a store against the gateway's public key",
@@ -50,23 +57,57 @@ def register(groups) -> None:
     query.set_defaults(handler=command_query)
 
 
+def _load_config(path: str):
+    from gateway.config import ConfigError, load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise UserError(str(exc), 2) from exc
+
+
+def command_check_config(args: argparse.Namespace) -> int:
+    from fleet.keyring import Keyring, KeyringError
+
+    cfg = _load_config(args.config)
+    try:
+        ring = Keyring.load(cfg.path_of("gateway", "keyring"))
+    except KeyringError as exc:
+        raise UserError(f"{args.config}: [gateway] keyring: {exc}", 2) from exc
+    print(f"{args.config}: ok (gateway {cfg['gateway']['id']}, {len(ring)} nodes, "
+          f"broker {cfg['mqtt']['url']}, store {cfg['store']['url']})")
+    return 0
+
+
 def command_run(args: argparse.Namespace) -> int:
     from fleet.keyring import Keyring, KeyringError
     from gateway.forward import open_store
+    from gateway.logs import setup_logging
     from gateway.pipeline import Gateway
 
     try:
-        keyring = Keyring.load(args.keyring)
-        store = open_store(args.store)
-        gateway = Gateway(keyring, store, args.data_dir, args.broker, client_id=args.client_id)
+        if args.config:
+            cfg = _load_config(args.config)
+            setup_logging(cfg["log"]["format"], cfg["log"]["level"])
+            gateway = Gateway.from_config(cfg)
+            broker, store_spec = cfg["mqtt"]["url"], cfg["store"]["url"]
+        else:
+            missing = [f"--{n.replace('_', '-')}" for n in ("broker", "keyring", "store",
+                                                           "data_dir") if not getattr(args, n)]
+            if missing:
+                raise UserError(f"give --config, or all of {', '.join(missing)}", 2)
+            keyring = Keyring.load(args.keyring)
+            gateway = Gateway(keyring, open_store(args.store), args.data_dir, args.broker,
+                              client_id=args.client_id)
+            broker, store_spec = args.broker, args.store
     except (KeyringError, ValueError) as exc:
         raise UserError(str(exc), 2) from exc
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     gateway.start()
-    print(f"gateway: {len(keyring)} nodes, broker {args.broker}, store {args.store}",
-          flush=True)
+    print(f"gateway: {len(gateway.verifier.keyring)} nodes, broker {broker}, "
+          f"store {store_spec}", flush=True)
     stop.wait(args.duration)
     gateway.stop(drain_timeout_s=5)
     s = gateway.stats

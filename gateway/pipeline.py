@@ -22,7 +22,8 @@ from pathlib import Path
 from fleet.keyring import Keyring
 from gateway.anonymise import anonymise
 from gateway.buffer import EVICT_DISK_FULL, Outbox
-from gateway.forward import Store
+from gateway.config import GatewayConfig
+from gateway.forward import Store, open_store
 from gateway.forward.forwarder import Forwarder, Provenance
 from gateway.health import Health, sd_notify, watchdog_interval_s
 from gateway.ingest.mqtt import MqttIngest
@@ -86,6 +87,27 @@ class Gateway:
         self._next_heartbeat = time.monotonic() + heartbeat_s
         self._watchdog_s = watchdog_interval_s()
         self._next_watchdog = 0.0
+
+    @classmethod
+    def from_config(cls, cfg: GatewayConfig) -> Gateway:
+        """A gateway as a validated config file describes it (gateway/gateway.sample.toml)."""
+        g, m, st, b, h = cfg["gateway"], cfg["mqtt"], cfg["store"], cfg["buffer"], cfg["health"]
+        keyring = Keyring.load(cfg.path_of("gateway", "keyring"))
+        spec = st["url"]
+        if spec.startswith("sqlite:"):
+            store = open_store(spec)
+        else:
+            store = open_store(spec, token=cfg.store_token(), org=st["org"],
+                               bucket=st["bucket"], timeout_s=st["timeout_s"])
+        gw = cls(
+            keyring, store, cfg.path_of("gateway", "data_dir"), m["url"],
+            client_id=m["client_id"], gateway_id=g["id"],
+            buffer_max_bytes=int(b["max_mb"] * 1024 * 1024),
+            buffer_max_age_s=b["max_age_days"] * 86400,
+            heartbeat_s=h["heartbeat_s"], health_port=cfg.health_listen[1],
+        )
+        gw.forwarder.batch_max = st["batch_max"]
+        return gw
 
     # -- processing -------------------------------------------------------------------------
 
