@@ -1,1 +1,5 @@
-pytest_plugins = ["tests.fixtures.micropython", "tests.fixtures.services"]
+pytest_plugins = [
+    "tests.fixtures.micropython",
+    "tests.fixtures.services",
+    "tests.fixtures.faultproxy",
+]
