@@ -300,7 +300,10 @@ class Outbox:
 
     @staticmethod
     def _remove(db: sqlite3.Connection, ids: list[int], counter: str) -> None:
-        db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
+        if ids and ids[-1] - ids[0] + 1 == len(ids) and ids == sorted(ids):
+            db.execute("DELETE FROM outbox WHERE id BETWEEN ? AND ?", (ids[0], ids[-1]))
+        else:
+            db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
         db.execute(_ADD_COUNTER, (counter, len(ids)))
 
     @contextmanager

@@ -128,8 +128,17 @@ def canonical_line(measurement: str, tags: dict[str, str], time_s: int,
         metric = metrics.BY_NAME.get(name)
         raw = metric.to_raw(fields[name]) if metric else repr(float(fields[name]))
         values.append(f"{name}={raw}")
-    tag_text = ",".join(f"{k}={tags[k]}" for k in sorted(tags))
-    return f"{measurement}|{tag_text}|{time_s}|{','.join(values)}".encode()
+    key = (measurement, *tags.items())
+    head = _HEADS.get(key)
+    if head is None:
+        tag_text = ",".join(f"{k}={tags[k]}" for k in sorted(tags))
+        head = _HEADS[key] = f"{measurement}|{tag_text}|"
+        if len(_HEADS) > 100_000:
+            _HEADS.clear()
+    return f"{head}{time_s}|{','.join(values)}".encode()
+
+
+_HEADS: dict[tuple, str] = {}
 
 
 def batch_digest(lines: Iterable[bytes]) -> bytes:

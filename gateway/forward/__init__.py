@@ -43,17 +43,23 @@ class Store(Protocol):
 
 def line_protocol(reading: Reading) -> str:
     """One InfluxDB line-protocol line, second precision (docs/protocol.md §7)."""
-    tags = ",".join(f"{k}={_escape_tag(v)}" for k, v in sorted(reading.tags.items()))
-    fields = ",".join(f"{k}={_float(v)}" for k, v in sorted(reading.fields.items()))
-    return f"{reading.measurement},{tags} {fields} {reading.time_s}"
+    tags = reading.tags
+    key = (reading.measurement, *tags.values())
+    prefix = _PREFIXES.get(key)
+    if prefix is None:  # a node's series prefix never changes: build it once
+        tag_text = ",".join(f"{k}={_escape_tag(v)}" for k, v in sorted(tags.items()))
+        prefix = _PREFIXES[key] = f"{reading.measurement},{tag_text} "
+        if len(_PREFIXES) > 100_000:
+            _PREFIXES.clear()
+    fields = ",".join([f"{k}={float(v)!r}" for k, v in sorted(reading.fields.items())])
+    return f"{prefix}{fields} {reading.time_s}"
+
+
+_PREFIXES: dict[tuple, str] = {}
 
 
 def _escape_tag(value: str) -> str:
     return value.replace("\\", "\\\\").replace(",", r"\,").replace("=", r"\=").replace(" ", r"\ ")
-
-
-def _float(value: float) -> str:
-    return repr(float(value))
 
 
 def open_store(spec: str, **options) -> Store:

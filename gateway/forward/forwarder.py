@@ -14,7 +14,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from gateway.buffer import Outbox
 from gateway.forward import PermanentStoreError, RetryableStoreError, Store
@@ -113,7 +113,10 @@ class Forwarder:
             items[0][0], items[-1][0],
             lambda seq: json.dumps(self.provenance.record(seq, [r for _, r in items]).to_json()))
         record = ProvenanceRecord.from_json(json.loads(record_json))
-        points = [replace(r, fields={**r.fields, BATCH_FIELD: float(seq)}) for _, r in items]
+        points = []
+        for _, r in items:  # fresh objects from the outbox: adding the field in place is safe
+            r.fields[BATCH_FIELD] = float(seq)
+            points.append(r)
         try:
             self.store.write([*points, record.to_point()])
         except PermanentStoreError as exc:

@@ -96,8 +96,10 @@ class InfluxStore:
             _check_finite(reading)
         lines = [line_protocol(r) for r in readings]
         try:
+            # one string, not a list: the client would otherwise walk the list line by line
             self._write_api.write(
-                bucket=self.bucket, org=self.org, record=lines, write_precision=WritePrecision.S
+                bucket=self.bucket, org=self.org, record="\n".join(lines),
+                write_precision=WritePrecision.S,
             )
         except ApiException as exc:
             raise self._http_error(exc, len(lines)) from None
