@@ -21,6 +21,19 @@ from gateway.pipeline import Gateway
 from simulators.fleet import SimFleet
 from simulators.publish import FleetPublisher
 
+# The shipped policy (gateway/policy.toml) withholds crowd windows shorter than 60 s; the
+# demo's nodes report every couple of seconds, so it keeps small-count suppression and
+# drops only the time resolution.
+DEMO_POLICY = """\
+version = 1
+[defaults]
+crowd_min_count = 5
+crowd_noise_epsilon = 0.0
+daily_epsilon_budget = 0.0
+crowd_time_resolution_s = 0
+noise_time_resolution_s = 0
+"""
+
 
 @dataclass
 class DemoProgress:
@@ -64,7 +77,8 @@ def run_demo(
     # A fresh buffer and keyring each run; the local store is fresh too, so the summary
     # describes this run only.
     for name in ("outbox.sqlite", "outbox.sqlite-wal", "outbox.sqlite-shm", "keyring.json",
-                 "store.sqlite", "store.sqlite-wal", "store.sqlite-shm"):
+                 "store.sqlite", "store.sqlite-wal", "store.sqlite-shm", "privacy.sqlite",
+                 "audit.log"):
         (data_dir / name).unlink(missing_ok=True)
     data_dir.mkdir(parents=True, exist_ok=True)
 
@@ -78,7 +92,10 @@ def run_demo(
         broker_url = broker.url
     store_spec = store_spec or f"sqlite:{data_dir / 'store.sqlite'}"
     store = open_store(store_spec)
-    gateway = Gateway(keyring, store, data_dir, broker_url, client_id=f"dordt-demo-gw-{seed}")
+    policy = data_dir / "demo-policy.toml"
+    policy.write_text(DEMO_POLICY)
+    gateway = Gateway(keyring, store, data_dir, broker_url, client_id=f"dordt-demo-gw-{seed}",
+                      policy_path=policy)
     publisher = None
     drained = False
     try:

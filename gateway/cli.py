@@ -74,6 +74,14 @@ def command_check_config(args: argparse.Namespace) -> int:
         ring = Keyring.load(cfg.path_of("gateway", "keyring"))
     except KeyringError as exc:
         raise UserError(f"{args.config}: [gateway] keyring: {exc}", 2) from exc
+    from gateway.anonymise import PolicyError, default_policy_path, load_policy
+
+    policy_path = cfg.path_of("gateway", "policy") or default_policy_path()
+    try:
+        policy = load_policy(policy_path, known_zones={e.zone for e in ring} or None)
+    except PolicyError as exc:
+        raise UserError(f"{args.config}: [gateway] policy: {exc}", 2) from exc
+    print(f"{args.config}: policy {policy_path} version {policy.version}")
     print(f"{args.config}: ok (gateway {cfg['gateway']['id']}, {len(ring)} nodes, "
           f"broker {cfg['mqtt']['url']}, store {cfg['store']['url']})")
     return 0

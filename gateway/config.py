@@ -44,6 +44,9 @@ SCHEMA: dict[str, dict[str, tuple]] = {
     "buffer": {"max_mb": (_NUM, False, 512), "max_age_days": (_NUM, False, 30)},
     "health": {"listen": (_STR, False, "127.0.0.1:9108"), "heartbeat_s": (_NUM, False, 60.0)},
     "log": {"format": (_STR, False, "json"), "level": (_STR, False, "info")},
+    "serial": {"ports": ((list,), False, []), "baudrate": (_INT, False, 115200)},
+    "ble": {"enabled": ((bool,), False, False), "adapter": (_STR, False, ""),
+            "scanning_mode": (_STR, False, "active")},
 }
 _CHOICES = {
     ("log", "format"): ("json", "text"),
@@ -118,7 +121,7 @@ def load_config(path: str | Path) -> GatewayConfig:
                 out[key] = default
                 continue
             value = given[key]
-            if isinstance(value, bool) or not isinstance(value, types):
+            if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
                 want = " or ".join(t.__name__ for t in types)
                 raise ConfigError(f"{path}: [{section}] {key} must be a {want}, got {value!r}")
             choices = _CHOICES.get((section, key))
@@ -149,6 +152,12 @@ def _check_semantics(path: Path, v: dict[str, dict]) -> None:
             raise ConfigError(f"{path}: [buffer] {key} must be at least {lo}")
     if v["store"]["batch_max"] < 1 or v["store"]["timeout_s"] <= 0:
         raise ConfigError(f"{path}: [store] batch_max must be >= 1 and timeout_s > 0")
+    for i, port in enumerate(v["serial"]["ports"]):
+        if not isinstance(port, str) or not port:
+            raise ConfigError(
+                f"{path}: [serial] ports[{i}]: a device path such as /dev/ttyUSB0, or "
+                "usb:VID:PID[:SERIAL] such as usb:10c4:ea60"
+            )
     listen = v["health"]["listen"]
     host, _, port = listen.rpartition(":")
     if not port.isdigit() or not 0 <= int(port) <= 65535 or not host:

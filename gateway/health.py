@@ -88,6 +88,7 @@ class Health:
             "clock_synced": now > CLOCK_PLAUSIBLE_S,
             "alerts": alerts,
             "counters": counters,
+            "links": [link.stats() for link in gw.links],
         }
 
     def prometheus_text(self) -> str:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fleet.keyring import Keyring
-from gateway.anonymise import anonymise
+from gateway.anonymise import Anonymiser, default_policy_path, load_policy
 from gateway.buffer import EVICT_DISK_FULL, Outbox
 from gateway.config import GatewayConfig
 from gateway.forward import Store, open_store
@@ -59,6 +59,10 @@ class Gateway:
         housekeeping_s: float = 5.0,
         heartbeat_s: float = 60.0,
         health_port: int | None = None,
+        serial_ports: list[str] | tuple[str, ...] = (),
+        serial_baudrate: int = 115200,
+        ble: dict | None = None,
+        policy_path: str | Path | None = None,
     ):
         self.data_dir = Path(data_dir)
         self.outbox = Outbox(self.data_dir / "outbox.sqlite", buffer_max_bytes,
@@ -68,11 +72,29 @@ class Gateway:
         self.gateway_id = gateway_id or client_id
         self.identity = GatewayIdentity.load_or_create(self.data_dir, self.gateway_id)
         self.audit = AuditLog(self.data_dir / "audit.log")
+        policy = load_policy(policy_path or default_policy_path(),
+                             known_zones=_known_zones(keyring))
+        self.anonymiser = Anonymiser(policy, self.data_dir / "privacy.sqlite")
         self.forwarder = Forwarder(self.outbox, store,
-                                   provenance=Provenance(self.identity, self.audit))
+                                   provenance=Provenance(self.identity, self.audit,
+                                                         self.anonymiser.policy_version,
+                                                         self.anonymiser.policy_digest))
         self.store = store
         self.queue: queue.Queue[Envelope] = queue.Queue()
         self.ingest = MqttIngest(broker_url, self.queue, client_id) if broker_url else None
+        # links without acks (serial, BLE): started and stopped beside MQTT
+        self.links: list = []
+        for port in serial_ports:
+            from gateway.ingest.serial import SerialIngest
+
+            self.links.append(SerialIngest(port, self.queue, serial_baudrate))
+        if ble is not None:
+            from gateway.ingest.ble import BleIngest
+
+            self.links.append(BleIngest(
+                self.queue, adapter=ble.get("adapter") or None,
+                scanning_mode=ble.get("scanning_mode", "active"),
+                is_fleet_node=lambda n: self.verifier.keyring.get(n) is not None))
         self.group_max = group_max
         self.group_wait_s = group_wait_s
         self.stats = GatewayStats()
@@ -105,6 +127,9 @@ class Gateway:
             buffer_max_bytes=int(b["max_mb"] * 1024 * 1024),
             buffer_max_age_s=b["max_age_days"] * 86400,
             heartbeat_s=h["heartbeat_s"], health_port=cfg.health_listen[1],
+            serial_ports=cfg["serial"]["ports"], serial_baudrate=cfg["serial"]["baudrate"],
+            ble=cfg["ble"] if cfg["ble"]["enabled"] else None,
+            policy_path=cfg.path_of("gateway", "policy") if g["policy"] else None,
         )
         gw.forwarder.batch_max = st["batch_max"]
         return gw
@@ -114,12 +139,14 @@ class Gateway:
     def process(self, envelopes: list[Envelope]) -> list[Reading | Rejected]:
         """Verify, anonymise and durably commit one group, then ack it."""
         results = [self.verifier.check(env) for env in envelopes]
-        readings = [anonymise(r) for r in results if isinstance(r, Reading)]
         rejected = Counter(r.reason for r in results if isinstance(r, Rejected))
-        counts = Counter({"received": len(envelopes), "accepted": len(readings)})
-        counts.update({f"rejected.{k}": v for k, v in rejected.items()})
         moved = self.verifier.take_dirty()
         try:
+            # Inside the try: if the accountant cannot record its spending, nothing of the
+            # group is committed or acked, and its window moves are forgotten.
+            readings = self.anonymiser.apply([r for r in results if isinstance(r, Reading)])
+            counts = Counter({"received": len(envelopes), "accepted": len(readings)})
+            counts.update({f"rejected.{k}": v for k, v in rejected.items()})
             try:
                 self.outbox.commit(readings, moved, counts)
             except sqlite3.OperationalError as exc:
@@ -207,6 +234,8 @@ class Gateway:
         self.forwarder.start()
         if self.ingest is not None:
             self.ingest.start()
+        for link in self.links:
+            link.start()
         if self.health_port is not None:
             self.health_port = self.health.serve(port=self.health_port)
         sd_notify("READY=1")
@@ -217,6 +246,8 @@ class Gateway:
         sd_notify("STOPPING=1")
         if self.ingest is not None:
             self.ingest.stop()
+        for link in self.links:
+            link.stop()
         self.health.close()
         self._stop.set()
         if self._thread is not None:
@@ -224,6 +255,14 @@ class Gateway:
         self.forwarder.stop(drain_timeout_s)
         self.store.close()
         self.outbox.close()
+        self.anonymiser.close()
+
+
+def _known_zones(keyring: Keyring) -> set[str]:
+    """Zones a policy may name: the keyring's and the zones file's."""
+    from hardware.sites import load_zones
+
+    return {entry.zone for entry in keyring} | {zone.id for zone in load_zones()}
 
 
 def _disk_full(exc: sqlite3.OperationalError) -> bool:

@@ -92,12 +92,14 @@ class Verifier:
                 f"node {node} is enrolled as {entry.kind}, frame says kind {frame.kind}",
             )
         fields: dict[str, float] = {}
+        allowed = _ALLOWED[(frame.kind, frame.is_status)]
         for metric_id, raw in frame.metrics:
-            metric = metrics.BY_ID.get(metric_id)
-            problem = _metric_problem(metric, metric_id, raw, frame, entry.kind_id)
-            if problem:
+            spec = allowed.get(metric_id)
+            if spec is None or not spec[2] <= raw <= spec[3]:
+                problem = _metric_problem(metrics.BY_ID.get(metric_id), metric_id, raw, frame,
+                                          entry.kind_id)
                 return reject("metric", f"node {node}: {problem}")
-            fields[metric.name] = metric.to_value(raw)
+            fields[spec[0]] = raw / spec[1]
         window.accept(frame.counter)
         self.dirty.add(frame.node_id)
         synced = frame.time_synced
@@ -129,6 +131,21 @@ class Verifier:
         """Go back to the durable windows after a failed commit."""
         self.windows = windows
         self.dirty = set()
+
+
+def _allowed_table(kind_id: int, status: bool) -> dict[int, tuple[str, float, int, int]]:
+    """metric id -> (name, divisor, raw_min, raw_max) for what a frame of this kind and
+    type may carry: the hot path's one lookup per metric."""
+    table = {}
+    for m in metrics.BY_ID.values():
+        if metrics.allowed_for(kind_id, m) and (m.group == metrics.GROUP_STATUS) == status:
+            assert m.exp <= 0, "value = raw / 10**-exp needs exp <= 0"
+            table[m.id] = (m.name, float(10 ** -m.exp), m.raw_min, m.raw_max)
+    return table
+
+
+_ALLOWED = {(kind, status): _allowed_table(kind, status)
+            for kind in range(256) for status in (False, True)}
 
 
 def _metric_problem(metric, metric_id: int, raw: int, frame, kind_id: int) -> str | None:

@@ -8,22 +8,28 @@ that decodes (§2.3 checks 1–8) and, when `is_fleet_node` is given, whose node
 enrolled.  Its tag, counter and the rest are verify's job, as for every link.
 On failure: never raises into bleak.  A scanner that cannot start (no adapter, BlueZ
 down) is retried with back-off (1 s .. 30 s); one that hears nothing at all for
-`silence_restart_s` is restarted.
+`silence_restart_s` is restarted (in passive mode only fleet advertisements arrive, so
+that span must be longer than any gap in the nodes' advertising, or None).
 
 Privacy (ARCHITECTURE.md, "Privacy by construction"): a city street is full of phones,
 watches and beacons, and their addresses and payloads are personal data.  The callback
 decides on the manufacturer data alone, before anything else is read: it never looks
 at the device address, name or RSSI; it stores, queues and logs nothing of an
-advertisement that is not a fleet one, only `foreign` / `invalid` counts.  bleak's and
-dbus_fast's own DEBUG logs print every advertisement they receive, so their loggers are
-held at INFO while an ingest exists.  With `scanning_mode="passive"` BlueZ itself
-filters by the dordt prefix (an advertisement monitor or-pattern) and sends no scan
-requests, so other devices never reach this process (needs BlueZ >= 5.56 with
-advertisement monitors enabled).
+advertisement that is not a fleet one, only `foreign` / `invalid` counts.  Two things
+in bleak would keep or print more, and are dealt with: its scanner remembers every
+device it heard (`seen_devices`, address and last advertisement), so the callback
+empties that map each time it returns; and bleak's and dbus_fast's DEBUG logs print
+every D-Bus signal, so their loggers are held at INFO while an ingest exists.  With
+`scanning_mode="passive"` BlueZ itself filters by the dordt prefix (an advertisement
+monitor or-pattern) and sends no scan requests, so other devices' advertisements do not
+reach this process at all (needs BlueZ >= 5.56 with advertisement monitors enabled); in
+the default active mode bluetoothd keeps its usual short-lived in-memory object for
+each device it hears, outside this process.
 
-A node re-advertises the same frame until it has a new one, so identical payloads
-within `dedupe_s` are queued once (counted as `duplicates`); the replay window would
-refuse the copies anyway, this only spares the pipeline.
+A node re-advertises the same frame until it has a new one, so a payload heard again
+within `dedupe_s` of its previous copy is queued only once (the others are counted as
+`duplicates`); the replay window would refuse the copies anyway, this spares the
+pipeline and keeps the `replay` rejection count meaningful.
 
 Lifecycle (gateway/ingest/__init__.py): start() runs the scanner on its own thread and
 event loop and keeps it running; stop() returns after the scanner is stopped and the
@@ -138,8 +144,9 @@ class BleIngest:
         self.scan_failures = 0
         self.silence_restarts = 0
         self.callback_errors = 0
-        self._recent: OrderedDict[bytes, float] = OrderedDict()  # frame → first seen
+        self._recent: OrderedDict[bytes, float] = OrderedDict()  # frame → last heard
         self._last_advert_s = 0.0
+        self._scanner = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -225,7 +232,7 @@ class BleIngest:
         complained = False
         while not stop.is_set() and not self._stopping.is_set():
             try:
-                scanner = self._make_scanner()
+                scanner = self._scanner = self._make_scanner()
                 await scanner.start()
             except Exception as exc:  # BleakError, D-Bus errors, OSError: all retryable
                 self.scan_failures += 1
@@ -301,19 +308,33 @@ class BleIngest:
             # since a message might quote the advertisement.
             self.callback_errors += 1
             log.error("BLE advertisement handler failed: %s", type(exc).__name__)
+        finally:
+            self._forget_devices()
+
+    def _forget_devices(self) -> None:
+        """Empty bleak's map of every device heard (BaseBleakScanner.seen_devices,
+        documented as a map that backends fill and clear on start): the gateway never
+        uses it, and it would hold each passing phone's address until the scan ends.
+        Backends tolerate a missing entry (BlueZ's device-removed handler ignores one)."""
+        seen = getattr(getattr(self._scanner, "_backend", None), "seen_devices", None)
+        if isinstance(seen, dict):
+            seen.clear()
 
     def _seen_recently(self, frame: bytes) -> bool:
+        """True when `frame` was heard less than dedupe_s ago.  The window slides with
+        each copy, so a frame advertised for minutes is still queued once; the map is
+        kept in order of last sighting, so expiry only ever looks at its front."""
         now = self.monotonic()
         recent = self._recent
         while recent:
-            oldest, first_s = next(iter(recent.items()))
-            if now - first_s < self.dedupe_s and len(recent) < self.dedupe_max:
+            oldest, last_s = next(iter(recent.items()))
+            if now - last_s < self.dedupe_s and len(recent) < self.dedupe_max:
                 break
             del recent[oldest]
-        if frame in recent:
-            return True
+        seen = frame in recent
         recent[frame] = now
-        return False
+        recent.move_to_end(frame)
+        return seen
 
 
 async def _wait(event: asyncio.Event, timeout_s: float) -> None:

@@ -5,6 +5,10 @@ while the gateway is away, and paho's manual ack: the broker's PUBACK is sent on
 the pipeline calls the envelope's ack, after the reading is committed.  A frame that was
 never acked is redelivered after a reconnect; the replay window makes that harmless.
 paho's network thread reconnects by itself (1 s .. 30 s back-off).
+
+TLS: an `mqtts://` URL with an `MqttTls` (the CA that signed the broker's certificate, and
+this gateway's client certificate and key, as fleet/ca.py lays them out).  The broker's
+certificate must name the host of the URL (127.0.0.1 and localhost always do).
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import logging
 import queue
 import threading
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlparse
 
 import paho.mqtt.client as mqtt
@@ -24,19 +30,43 @@ log = logging.getLogger("dordt.gateway.mqtt")
 
 SUBSCRIPTION = protocol.TOPIC_ROOT + "/+/+/up"
 
+_DEFAULT_PORTS = {"mqtt": 1883, "tcp": 1883, "mqtts": 8883}
+
+
+@dataclass(frozen=True)
+class MqttTls:
+    """Files for a TLS connection (paths only; the key stays in its file)."""
+
+    ca_file: str | Path  # the CA that signed the broker's certificate
+    cert_file: str | Path  # this client's certificate
+    key_file: str | Path  # its private key
+
 
 def parse_broker_url(url: str) -> tuple[str, int]:
-    """'mqtt://host:port' (or 'host:port') → (host, port); port defaults to 1883."""
+    """'mqtt://host:port' (or 'host:port') → (host, port); port defaults to 1883, and to
+    8883 for 'mqtts://host:port' (TLS, see `uses_tls`)."""
     parsed = urlparse(url if "://" in url else "mqtt://" + url)
-    if parsed.scheme not in ("mqtt", "tcp") or not parsed.hostname:
-        raise ValueError(f"broker URL {url!r}: expected mqtt://HOST[:PORT]")
-    return parsed.hostname, parsed.port or 1883
+    if parsed.scheme not in _DEFAULT_PORTS or not parsed.hostname:
+        raise ValueError(f"broker URL {url!r}: expected mqtt://HOST[:PORT] or "
+                         "mqtts://HOST[:PORT]")
+    return parsed.hostname, parsed.port or _DEFAULT_PORTS[parsed.scheme]
+
+
+def uses_tls(url: str) -> bool:
+    """True for an mqtts:// broker URL."""
+    return url.lower().startswith("mqtts://")
 
 
 class MqttIngest:
     def __init__(self, broker_url: str, out: queue.Queue[Envelope], client_id: str,
-                 topic: str = SUBSCRIPTION):
+                 topic: str = SUBSCRIPTION, tls: MqttTls | None = None):
         self.host, self.port = parse_broker_url(broker_url)
+        if uses_tls(broker_url) != (tls is not None):
+            raise ValueError(
+                f"broker URL {broker_url!r}: " + (
+                    "mqtts:// needs TLS files (the CA certificate, this gateway's client "
+                    "certificate and key)" if tls is None else
+                    "TLS files were given, so use mqtts://HOST[:PORT]"))
         self.out = out
         self.topic = topic
         self.connected = threading.Event()
@@ -54,6 +84,8 @@ class MqttIngest:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        if tls is not None:
+            _set_tls(self._client, tls, broker_url)
 
     def start(self) -> None:
         self._client.connect_async(self.host, self.port, keepalive=30)
@@ -95,3 +127,15 @@ class MqttIngest:
                 client.ack(mid, qos)
 
         self.out.put(Envelope("mqtt", message.topic, bytes(message.payload), time.time(), ack))
+
+
+def _set_tls(client: mqtt.Client, tls: MqttTls, broker_url: str) -> None:
+    # paho's defaults: TLS 1.2 or newer, the broker's certificate verified against
+    # ca_file and its name against the URL's host.
+    try:
+        client.tls_set(ca_certs=str(tls.ca_file), certfile=str(tls.cert_file),
+                       keyfile=str(tls.key_file))
+    except OSError as exc:  # ssl.SSLError is one; neither quotes a key
+        raise ValueError(
+            f"broker {broker_url}: cannot use the TLS files (CA {tls.ca_file}, certificate "
+            f"{tls.cert_file}, key {tls.key_file}): {exc.strerror or exc}") from None

@@ -26,10 +26,12 @@ from gateway.provenance import (
     verify_batches,
 )
 from simulators.fleet import SimFleet
+from tests.data import PASSTHROUGH
 
 
 def run_gateway(fleet, store, data_dir, rounds, t0, batch_max=50):
-    gw = Gateway(fleet.keyring(), store, data_dir, gateway_id="gw-test")
+    gw = Gateway(fleet.keyring(), store, data_dir, gateway_id="gw-test",
+                 policy_path=PASSTHROUGH)
     gw.forwarder.batch_max = batch_max
     for r in range(rounds):
         gw.process([Envelope("mqtt", t, f, t0) for t, f in fleet.tick(t0 + 10 * r)])

@@ -14,6 +14,7 @@ from firmware import metrics, protocol
 from gateway.forward.influx import InfluxStore
 from gateway.pipeline import Gateway
 from simulators.fleet import SimFleet, forged, stranger, truncated
+from tests.data import PASSTHROUGH
 from tests.fixtures.services import publish_qos1
 
 pytestmark = pytest.mark.services
@@ -52,7 +53,7 @@ def test_every_published_reading_lands_once_with_tags_values_and_time(
                stranger(11, start)]
 
     gateway = Gateway(fleet.keyring(), InfluxStore(victoriametrics.url), tmp_path / "gw",
-                      mosquitto.url, client_id="e2e-gateway")
+                      mosquitto.url, client_id="e2e-gateway", policy_path=PASSTHROUGH)
     gateway.start()
     try:
         assert gateway.ingest.wait_connected(10)
