@@ -156,11 +156,13 @@ class PreparedKey:
         return "PreparedKey(<secret>)"
 
     def tag(self, signed):
-        if self._inner is None:
+        inner_state, outer_state = self._inner, self._outer
+        if inner_state is None or outer_state is None:
             return hmac_sha256(self.key, signed)[:TAG_LEN]
-        inner = self._inner.copy()
+        # copy() exists only where __init__ found it (CPython); MicroPython's stubs lack it
+        inner = inner_state.copy()  # pyright: ignore[reportAttributeAccessIssue]
         inner.update(signed)
-        outer = self._outer.copy()
+        outer = outer_state.copy()  # pyright: ignore[reportAttributeAccessIssue]
         outer.update(inner.digest())
         return outer.digest()[:TAG_LEN]
 
@@ -286,18 +288,24 @@ def decode(data):
             raise FrameError(MALFORMED, "metric ids not strictly ascending at byte %d" % pos)
         last = metric_id
         pos += 1
-        # one- and two-byte values (most readings) inline; the rest, and every error
-        # case, through _get_varint
-        if pos + 1 < end and data[pos] & 0x80 and not data[pos + 1] & 0x80 and data[pos + 1]:
-            z = (data[pos] & 0x7F) | (data[pos + 1] << 7)
-            pos += 2
-        elif pos < end and not data[pos] & 0x80:
-            z = data[pos]
+        # the varint inline (no call per metric); every irregular case goes through
+        # _get_varint, which raises the right error
+        z = 0
+        shift = 0
+        start = pos
+        while pos < end and shift < 28:
+            b = data[pos]
             pos += 1
+            z |= (b & 0x7F) << shift
+            if not b & 0x80:
+                break
+            shift += 7
         else:
-            raw, pos = _get_varint(data, pos, end)
+            raw, pos = _get_varint(data, start, end)
             metrics.append((metric_id, raw))
             continue
+        if b == 0 and shift:
+            _get_varint(data, start, end)  # raises: non-minimal
         metrics.append((metric_id, (z >> 1) if not z & 1 else -((z + 1) >> 1)))
     if pos != end:
         raise FrameError(MALFORMED, "%d stray bytes after the last metric" % (end - pos))
