@@ -76,9 +76,9 @@ def render(ca_dir: str | Path, config_dir: str | Path, gateway: str | None = Non
     """The broker's text files ({file name: text}) for the gateway in `ca_dir`, with paths
     pointing into `config_dir` (where `install()` puts them)."""
     layout = Layout(ca_dir)
-    gid = _gateway(layout, gateway)
+    gw = _gateway(layout, gateway)
     cdir = Path(config_dir)
-    files = {CONF: _conf(gid, layout, cdir, settings), ACL: _acl(gid)}
+    files = {CONF: _conf(gw, layout, cdir, settings), ACL: _acl(gw)}
     if settings.local_port is not None:
         files[ACL_LOCAL] = _acl_local()
     return files
@@ -90,10 +90,10 @@ def install(ca_dir: str | Path, out_dir: str | Path, gateway: str | None = None,
     """Check the CA material, then write the broker directory `out_dir`; returns the path
     of mosquitto.conf.  `key_group`: the group that may read server.key (the broker's)."""
     layout = Layout(ca_dir)
-    gid = _gateway(layout, gateway)
-    _check_material(layout, gid, now)
+    gw = _gateway(layout, gateway)
+    _check_material(layout, gw, now)
     out = Path(out_dir).absolute()
-    files = render(layout.root, out, gid, settings)
+    files = render(layout.root, out, gw, settings)
     group = _group_id(key_group)
     out.mkdir(parents=True, exist_ok=True)
     out.chmod(0o755)
@@ -101,8 +101,8 @@ def install(ca_dir: str | Path, out_dir: str | Path, gateway: str | None = None,
     # consistent set of files for the configuration it reads.
     write_file_atomic(out / "ca.crt", layout.ca_cert.read_bytes(), 0o644)
     write_file_atomic(out / "crl.pem", layout.crl.read_bytes(), 0o644)
-    write_file_atomic(out / "server.crt", layout.server_cert(gid).read_bytes(), 0o644)
-    write_file_atomic(out / "server.key", layout.server_key(gid).read_bytes(),
+    write_file_atomic(out / "server.crt", layout.server_cert(gw).read_bytes(), 0o644)
+    write_file_atomic(out / "server.key", layout.server_key(gw).read_bytes(),
                       0o640 if group is not None else 0o600, group)
     for name in (ACL, ACL_LOCAL, CONF):
         if name in files:
@@ -115,10 +115,10 @@ def install(ca_dir: str | Path, out_dir: str | Path, gateway: str | None = None,
 # -- the files ----------------------------------------------------------------------------
 
 
-def _conf(gid: str, layout: Layout, cdir: Path, s: BrokerSettings) -> str:
+def _conf(gw: str, layout: Layout, cdir: Path, s: BrokerSettings) -> str:
     bind = f" {s.tls_bind}" if s.tls_bind else ""
     lines = [
-        f"# Mosquitto 2.0 configuration of dordt gateway {gid}.",
+        f"# Mosquitto 2.0 configuration of dordt gateway {gw}.",
         f"# Written by gateway/mosquitto.py from the CA material in {layout.root.absolute()}:",
         "# do not edit, write it again (python -m gateway.mosquitto).",
         "# Why each option: see the comments, and docs/gateway-operations.md.",
@@ -192,9 +192,9 @@ def _conf(gid: str, layout: Layout, cdir: Path, s: BrokerSettings) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _acl(gid: str) -> str:
+def _acl(gw: str) -> str:
     return "\n".join([
-        f"# Access on the TLS listener of dordt gateway {gid} (written by gateway/mosquitto.py).",
+        f"# Access on the TLS listener of dordt gateway {gw} (written by gateway/mosquitto.py).",
         "# %u is the client certificate's CN (use_identity_as_username).",
         "",
         "# A node publishes only its own uplink and reads only its own downlink.  The zone",
@@ -205,7 +205,7 @@ def _acl(gid: str) -> str:
         f"pattern read {NODE_DOWNLINK}",
         "",
         "# The gateway daemon: every uplink in, downlinks out.",
-        f"user {gid}",
+        f"user {gw}",
         f"topic read {UPLINKS}",
         f"topic write {DOWNLINKS}",
     ]) + "\n"
@@ -239,30 +239,30 @@ def _gateway(layout: Layout, gateway: str | None) -> str:
                      "(--gateway)")
 
 
-def _check_material(layout: Layout, gid: str, now: dt.datetime | None) -> None:
+def _check_material(layout: Layout, gw: str, now: dt.datetime | None) -> None:
     now = now or dt.datetime.now(dt.UTC)
     ca = load_cert(layout.ca_cert)
-    server = load_cert(layout.server_cert(gid))
+    server = load_cert(layout.server_cert(gw))
     try:
         server.verify_directly_issued_by(ca)
     except (ValueError, TypeError, InvalidSignature):
-        raise ValueError(f"{layout.server_cert(gid)} was not issued by {layout.ca_cert}: copy "
+        raise ValueError(f"{layout.server_cert(gw)} was not issued by {layout.ca_cert}: copy "
                          "both from the same CA") from None
     if server.not_valid_after_utc <= now:
-        raise ValueError(f"{layout.server_cert(gid)} expired on "
+        raise ValueError(f"{layout.server_cert(gw)} expired on "
                          f"{server.not_valid_after_utc:%Y-%m-%d}: issue a new one "
                          "(`dordt fleet ca issue-gateway --replace`)")
     try:
-        key = serialization.load_pem_private_key(layout.server_key(gid).read_bytes(), None)
+        key = serialization.load_pem_private_key(layout.server_key(gw).read_bytes(), None)
     except FileNotFoundError:
-        raise ValueError(f"{layout.server_key(gid)}: missing") from None
+        raise ValueError(f"{layout.server_key(gw)}: missing") from None
     except (OSError, ValueError, TypeError):
         # no exception text: it may quote the file
-        raise ValueError(f"{layout.server_key(gid)}: not a readable, unencrypted PEM "
+        raise ValueError(f"{layout.server_key(gw)}: not a readable, unencrypted PEM "
                          "private key") from None
     if key.public_key() != server.public_key():
-        raise ValueError(f"{layout.server_key(gid)} does not belong to "
-                         f"{layout.server_cert(gid)}")
+        raise ValueError(f"{layout.server_key(gw)} does not belong to "
+                         f"{layout.server_cert(gw)}")
     crl = load_crl(layout.crl)
     if not crl.is_signature_valid(ca.public_key()):
         raise ValueError(f"{layout.crl} is not signed by {layout.ca_cert}: copy both from "

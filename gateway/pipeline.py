@@ -26,7 +26,7 @@ from gateway.config import GatewayConfig
 from gateway.forward import Store, open_store
 from gateway.forward.forwarder import Forwarder, Provenance
 from gateway.health import Health, sd_notify, watchdog_interval_s
-from gateway.ingest.mqtt import MqttIngest
+from gateway.ingest.mqtt import MqttIngest, MqttTls
 from gateway.model import Envelope, Reading, Rejected
 from gateway.provenance import AuditLog, GatewayIdentity
 from gateway.verify import Verifier
@@ -63,6 +63,7 @@ class Gateway:
         serial_baudrate: int = 115200,
         ble: dict | None = None,
         policy_path: str | Path | None = None,
+        broker_tls: MqttTls | None = None,
     ):
         self.data_dir = Path(data_dir)
         self.outbox = Outbox(self.data_dir / "outbox.sqlite", buffer_max_bytes,
@@ -81,7 +82,8 @@ class Gateway:
                                                          self.anonymiser.policy_digest))
         self.store = store
         self.queue: queue.Queue[Envelope] = queue.Queue()
-        self.ingest = MqttIngest(broker_url, self.queue, client_id) if broker_url else None
+        self.ingest = (MqttIngest(broker_url, self.queue, client_id, tls=broker_tls)
+                       if broker_url else None)
         # links without acks (serial, BLE): started and stopped beside MQTT
         self.links: list = []
         for port in serial_ports:
@@ -130,6 +132,9 @@ class Gateway:
             serial_ports=cfg["serial"]["ports"], serial_baudrate=cfg["serial"]["baudrate"],
             ble=cfg["ble"] if cfg["ble"]["enabled"] else None,
             policy_path=cfg.path_of("gateway", "policy") if g["policy"] else None,
+            broker_tls=MqttTls(cfg.path_of("mqtt", "ca_file"), cfg.path_of("mqtt", "cert_file"),
+                               cfg.path_of("mqtt", "key_file"))
+            if m["url"].startswith("mqtts://") else None,
         )
         gw.forwarder.batch_max = st["batch_max"]
         return gw

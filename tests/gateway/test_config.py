@@ -38,7 +38,8 @@ def test_the_sample_config_is_valid_and_documents_every_key():
     (('id = "gw-spoorzone-01"', ""), "[gateway] id is required"),
     (('url = "mqtts://127.0.0.1:8883"', 'url = "tcp://x"'), "use mqtt://HOST:PORT"),
     (('listen = "127.0.0.1:9108"', 'listen = "0.0.0.0:9108"'), "stay on loopback"),
-    (('cert_file = "/etc/dordt/ca/gateway.pem"', ""), "set ca_file, cert_file and key_file"),
+    (('cert_file = "/etc/dordt/ca/gateways/gw-spoorzone-01/client.crt"', ""),
+     "set ca_file, cert_file and key_file"),
 ])
 def test_mistakes_name_the_key_and_the_fix(tmp_path, change, message):
     path = tmp_path / "gw.toml"
