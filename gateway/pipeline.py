@@ -19,6 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from firmware.uplink.mqtt import encode_time, topic_down
 from fleet.keyring import Keyring
 from gateway.anonymise import Anonymiser, default_policy_path, load_policy
 from gateway.buffer import EVICT_DISK_FULL, Outbox
@@ -32,6 +33,8 @@ from gateway.provenance import AuditLog, GatewayIdentity
 from gateway.verify import Verifier
 
 log = logging.getLogger("dordt.gateway")
+
+TIME_DOWNLINK_EVERY_S = 60.0
 
 
 @dataclass
@@ -102,6 +105,7 @@ class Gateway:
         self.stats = GatewayStats()
         self.rejections: list[Rejected] = []  # the latest few, for people
         self.alerts: dict[str, float] = {}  # name -> when it was last raised (health)
+        self._time_sent: dict[int, float] = {}  # node id -> when it was last sent the time
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._loop_tick = time.monotonic()
@@ -181,7 +185,28 @@ class Gateway:
                 self.rejections = (self.rejections + [r])[-20:]
         if readings:
             self.forwarder.wake()
+            self._send_time([r for r in readings if r.time_estimated])
         return results
+
+    def _send_time(self, unsynced: list[Reading]) -> None:
+        """Nodes without a clock get the gateway's time on their downlink topic, signed with
+        their key (firmware/uplink/mqtt.py: encode_time), at most once a minute each."""
+        if self.ingest is None or not unsynced:
+            return
+        now = time.time()
+        for r in unsynced:
+            node_id = int(r.node, 16)
+            entry = self.verifier.keyring.get(node_id)
+            window = self.verifier.windows.get(node_id)
+            if entry is None or window is None or not entry.keys:
+                continue
+            if now - self._time_sent.get(node_id, 0.0) < TIME_DOWNLINK_EVERY_S:
+                continue
+            key_id = max(entry.keys)
+            msg = encode_time(entry.keys[key_id], node_id, max(window.highest, 0), int(now),
+                              key_id)
+            if self.ingest.send(topic_down(entry.zone, node_id), msg):
+                self._time_sent[node_id] = now
 
     def loop_alive(self, now_s: float | None = None) -> bool:
         """False when the processing thread has died or stopped turning."""

@@ -94,6 +94,13 @@ class MqttIngest:
     def wait_connected(self, timeout_s: float) -> bool:
         return self.connected.wait(timeout_s)
 
+    def send(self, topic: str, payload: bytes) -> bool:
+        """Publish a downlink (QoS 1); False when the broker is not connected."""
+        if not self.connected.is_set():
+            return False
+        self._client.publish(topic, payload, qos=1)
+        return True
+
     def stop(self) -> None:
         self._stopping = True
         self._client.disconnect()

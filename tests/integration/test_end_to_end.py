@@ -114,3 +114,35 @@ def test_a_broker_restart_between_bursts_loses_nothing(mosquitto, tmp_path):
         gateway.stop()
     assert gateway.ingest.connects >= 2
     assert sum(LocalStore(store_path).count_by(("zone",)).values()) == total
+
+
+def test_a_node_without_a_clock_gets_signed_time_on_its_downlink(mosquitto, tmp_path):
+    import paho.mqtt.client as mqtt
+
+    from firmware import protocol as p
+    from firmware.uplink.mqtt import decode_time, topic_down
+    from gateway.forward.local import LocalStore
+
+    fleet = SimFleet(seed=13, status_every=0)
+    node = fleet.nodes[0]
+    got = []
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="node-down")
+    sub.on_message = lambda c, u, m: got.append(m.payload)
+    sub.connect(mosquitto.host, mosquitto.port)
+    sub.subscribe(topic_down(node.placement.zone, node.node_id), qos=1)
+    sub.loop_start()
+    gateway = Gateway(fleet.keyring(), LocalStore(tmp_path / "s.sqlite"), tmp_path / "gw",
+                      mosquitto.url, client_id="time-gateway")
+    gateway.start()
+    try:
+        assert gateway.ingest.wait_connected(10)
+        frame = node.encode(node.values(0), 42, 10, flags=p.FLAG_TIME_UNSYNCED)  # 42 s uptime
+        publish_qos1(mosquitto.host, mosquitto.port, [(node.topic, frame)])
+        wait_until(lambda: got, 10, "the time downlink")
+    finally:
+        gateway.stop()
+        sub.disconnect()
+        sub.loop_stop()
+    counter, unix_s = decode_time(got[0], node.key, node.node_id)
+    assert counter == node.counter and abs(unix_s - time.time()) < 5
+    assert decode_time(got[0], bytes(32), node.node_id) is None  # signed with the node's key
