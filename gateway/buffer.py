@@ -55,6 +55,9 @@ CREATE TABLE IF NOT EXISTS quarantine (
 """
 
 
+# one encoder, built once: json.dumps with separators= builds a new one per call
+_compact_json = json.JSONEncoder(separators=(",", ":")).encode
+
 _ADD_COUNTER = (
     "INSERT INTO counters VALUES (?, ?)"
     " ON CONFLICT(name) DO UPDATE SET value = value + excluded.value"
@@ -98,7 +101,7 @@ class Outbox:
             (
                 r.node, r.kind, r.zone, r.site, r.counter, r.time_s, r.window_s,
                 int(r.status), int(r.time_estimated),
-                json.dumps(r.fields, separators=(",", ":")),
+                _compact_json(r.fields),
             )
             for r in readings
         ]

@@ -49,6 +49,7 @@ class Verifier:
         self.clock = clock
         self.dirty: set[int] = set()  # nodes whose window moved since the last commit
         self._prepared: dict[tuple[int, int], protocol.PreparedKey] = {}
+        self._topics: dict[str, int] = {}  # uplink topic -> its node id (-1: not one)
 
     def check(self, env: Envelope) -> Reading | Rejected:
         try:
@@ -64,8 +65,13 @@ class Verifier:
             return Rejected(reason, detail, env.source, node)
 
         if env.topic:
-            parsed = protocol.parse_topic_up(env.topic)
-            if parsed is None or parsed[1] != frame.node_id:
+            topic_node = self._topics.get(env.topic)
+            if topic_node is None:  # topics repeat: parse each once
+                parsed = protocol.parse_topic_up(env.topic)
+                topic_node = parsed[1] if parsed is not None else -1
+                if len(self._topics) < 100_000:
+                    self._topics[env.topic] = topic_node
+            if topic_node != frame.node_id:
                 return reject("topic_mismatch", f"frame of node {node} on topic {env.topic!r}")
         entry = self.keyring.get(frame.node_id)
         if entry is None:
