@@ -59,7 +59,6 @@ import ipaddress
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +67,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from fleet.files import mkdirs_private, write_file_atomic
 
 INDEX_FORMAT = "dordt-ca-index"
 INDEX_VERSION = 1
@@ -272,7 +273,7 @@ class FleetCA:
         if layout.ca_key.exists() or layout.ca_cert.exists():
             raise CAError(f"{layout.root} already holds a CA (ca.crt, ca.key); refusing to "
                           "replace it: every certificate it issued would stop working")
-        _mkdirs_private(layout.root)
+        mkdirs_private(layout.root)
         os.chmod(layout.root, 0o700)
         now = _now(now)
         key = _new_key()
@@ -440,7 +441,7 @@ class FleetCA:
         dst = Layout(out)
         if dst.root.resolve() == src.root.resolve():
             raise CAError(f"{dst.root}: export to another directory than the CA's own")
-        _mkdirs_private(dst.root)
+        mkdirs_private(dst.root)
         for path_of in (lambda lay: lay.ca_cert, lambda lay: lay.crl):
             _copy_atomic(path_of(src), path_of(dst), 0o644)
         for path_of, mode in ((Layout.server_cert, 0o644), (Layout.server_key, 0o600),
@@ -627,38 +628,6 @@ def _load_index(path: Path) -> tuple[list[CertRecord], int]:
         raise CAError(f"{path}: needs \"certificates\" (a list) and \"crl_number\"")
     return [CertRecord.from_json(c, f"{path}: certificates[{i}]")
             for i, c in enumerate(certs)], number
-
-
-def write_file_atomic(path: Path, data: bytes, mode: int, group: int | None = None) -> None:
-    """Temporary file with `mode` (and `group`) from the start, fsync, rename, fsync the
-    directory: a crash leaves the old file or the new one, never a torn one or a readable
-    key.  Missing parent directories are made with mode 0700."""
-    _mkdirs_private(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        if group is not None:
-            os.fchown(fd, -1, group)
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def _mkdirs_private(path: Path) -> None:
-    # Path.mkdir(parents=True, mode=...) gives the mode to the last directory only.
-    for d in reversed([path, *path.parents]):
-        if not d.exists():
-            d.mkdir(mode=0o700, exist_ok=True)
 
 
 def _copy_atomic(src: Path, dst: Path, mode: int) -> None:

@@ -16,13 +16,12 @@ Keys never appear in repr(), logs or error messages.
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from firmware import metrics, protocol
+from fleet.files import write_file_atomic
 
 FORMAT = "dordt-keyring"
 VERSION = 1
@@ -122,24 +121,12 @@ class Keyring:
     def save(self, path: str | Path) -> None:
         """Write atomically (temp file, fsync, rename) with mode 0600."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         doc = {
             "format": FORMAT,
             "version": VERSION,
             "nodes": [e.to_json() for e in sorted(self, key=lambda e: e.node_id)],
         }
-        fd, tmp = tempfile.mkstemp(prefix=".keyring-", dir=path.parent)
-        try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(doc, f, indent=1)
-                f.write("\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_file_atomic(path, (json.dumps(doc, indent=1) + "\n").encode(), 0o600)
 
 
 def _check_kind(kind: object, where: str) -> None:

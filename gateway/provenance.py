@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from firmware import metrics
+from fleet.files import write_file_atomic
 from gateway.model import Reading
 
 MEASUREMENT = "provenance"
@@ -75,9 +75,9 @@ class GatewayIdentity:
             pem = key.private_bytes(serialization.Encoding.PEM,
                                     serialization.PrivateFormat.PKCS8,
                                     serialization.NoEncryption())
-            _write_atomic(path, pem, 0o600)
+            write_file_atomic(path, pem, 0o600)
         ident = cls(gateway_id, key)
-        _write_atomic(data_dir / "gateway.pub", public_pem(ident.public_key), 0o644)
+        write_file_atomic(data_dir / "gateway.pub", public_pem(ident.public_key), 0o644)
         return ident
 
     def sign(self, message: bytes) -> bytes:
@@ -97,21 +97,6 @@ def load_public_key(path: str | Path) -> Ed25519PublicKey:
     if not isinstance(key, Ed25519PublicKey):
         raise ValueError(f"{path}: not an Ed25519 public key")
     return key
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name, dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # -- digests ---------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from firmware.uplink import mqtt as uplink_mqtt
 from firmware.uplink.mqtt import MqttUplink, decode_time, encode_time
 from firmware.uplink.ring import FrameRing
 from simulators import node_host
+from tests.helpers import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 NODE = 0x0D0A0007
@@ -358,15 +359,6 @@ class RecordingClient:
 
     def __getattr__(self, name):
         return getattr(self._inner, name)
-
-
-def wait_until(predicate, timeout_s, what):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 @pytest.mark.services

@@ -13,17 +13,9 @@ from gateway.model import Envelope
 from gateway.pipeline import Gateway
 from hardware.sites import load_placements
 from simulators.fleet import SimFleet
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.services
-
-
-def wait_until(predicate, timeout_s, what):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def stored_count(vm, names="(air|noise|crowd|node_status)"):

@@ -16,17 +16,9 @@ from gateway.pipeline import Gateway
 from simulators.fleet import SimFleet, forged, stranger, truncated
 from tests.data import PASSTHROUGH
 from tests.fixtures.services import publish_qos1
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.services
-
-
-def wait_until(predicate, timeout_s, what):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def test_every_published_reading_lands_once_with_tags_values_and_time(
