@@ -15,6 +15,8 @@ rejection counters change in one transaction, so after a crash they agree.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -69,21 +71,35 @@ class Outbox:
     their statements apart on the single connection."""
 
     def __init__(self, path: str | Path, max_bytes: int | None = None,
-                 max_age_s: float | None = None, clock=time.time):
+                 max_age_s: float | None = None, clock=time.time,
+                 wal_pages: int = 1000, reserve_bytes: int = 16 * 1024 * 1024):
         """`max_bytes` bounds the database's used pages, `max_age_s` the age of the oldest
         reading; enforce_bounds() evicts the oldest readings beyond either and leaves a gap
-        record per node in their place, so the twin knows what is missing."""
+        record per node in their place, so the twin knows what is missing.
+
+        A full filesystem must not wedge the gateway: with everything in the WAL and no
+        space left, even a DELETE cannot be written.  So the WAL is checkpointed every
+        `wal_pages` pages and truncated after each checkpoint, enforce_bounds() keeps
+        `reserve_bytes` of room (free disk + free pages) by evicting, and a ballast file
+        of half the reserve is kept beside the database to be given up when the disk fills
+        anyway (release_ballast), leaving room to evict and checkpoint."""
         self.max_bytes = max_bytes
         self.max_age_s = max_age_s
         self.clock = clock
+        self.reserve_bytes = reserve_bytes
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.ballast = self.path.with_name(self.path.name + ".ballast")
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute(f"PRAGMA wal_autocheckpoint={int(wal_pages)}")
+            page = self._db.execute("PRAGMA page_size").fetchone()[0]
+            self._db.execute(f"PRAGMA journal_size_limit={int(wal_pages) * page}")
             self._db.executescript(_SCHEMA)
+        self.restore_ballast()
 
     def close(self) -> None:
         with self._lock:
@@ -130,8 +146,47 @@ class Outbox:
         free = db.execute("PRAGMA freelist_count").fetchone()[0]
         return (pages - free) * db.execute("PRAGMA page_size").fetchone()[0]
 
+    # -- room on the disk ----------------------------------------------------------------
+
+    def room_bytes(self) -> int:
+        """Free space the database can still use: the filesystem's plus its free pages."""
+        with self._lock:
+            free_pages = self._db.execute("PRAGMA freelist_count").fetchone()[0]
+            page = self._db.execute("PRAGMA page_size").fetchone()[0]
+        return shutil.disk_usage(self.path.parent).free + free_pages * page
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database and truncate it (its space goes back)."""
+        with self._lock:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def release_ballast(self) -> bool:
+        """Give up the ballast file's space (the disk is full); True if there was one."""
+        try:
+            self.ballast.unlink()
+            return True
+        except FileNotFoundError:
+            return False
+
+    def restore_ballast(self) -> None:
+        """Put the ballast back when there is room for it and the reserve beside it."""
+        size = self.reserve_bytes // 2
+        if not size or self.ballast.exists():
+            return
+        try:
+            if shutil.disk_usage(self.path.parent).free < 2 * size:
+                return
+            with open(self.ballast, "wb") as f:
+                f.truncate(0)
+                f.write(bytes(size))  # written, not sparse: the blocks must really be held
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError:
+            self.ballast.unlink(missing_ok=True)
+
     def enforce_bounds(self) -> int:
-        """Evict what is beyond the age and byte bounds; returns how many readings went."""
+        """Evict what is beyond the age, byte and free-space bounds; returns how many
+        readings went."""
         evicted = 0
         if self.max_age_s is not None:
             cutoff = int(self.clock() - self.max_age_s)
@@ -142,6 +197,15 @@ class Outbox:
                 if n == 0:
                     break
                 evicted += n
+        if self.reserve_bytes:
+            self.checkpoint()
+            while self.room_bytes() < self.reserve_bytes:
+                n = self.evict_oldest(max(100, self.depth() // 10), EVICT_DISK_FULL)
+                if n == 0:
+                    break
+                evicted += n
+                self.checkpoint()
+            self.restore_ballast()
         return evicted
 
     def evict_oldest(self, n: int, reason: int) -> int:

@@ -60,6 +60,8 @@ class Gateway:
         buffer_max_bytes: int | None = 512 * 1024 * 1024,
         buffer_max_age_s: float | None = 30 * 86400,
         housekeeping_s: float = 5.0,
+        buffer_reserve_bytes: int = 16 * 1024 * 1024,
+        buffer_wal_pages: int = 1000,
         heartbeat_s: float = 60.0,
         health_port: int | None = None,
         serial_ports: list[str] | tuple[str, ...] = (),
@@ -70,7 +72,8 @@ class Gateway:
     ):
         self.data_dir = Path(data_dir)
         self.outbox = Outbox(self.data_dir / "outbox.sqlite", buffer_max_bytes,
-                             buffer_max_age_s)
+                             buffer_max_age_s, wal_pages=buffer_wal_pages,
+                             reserve_bytes=buffer_reserve_bytes)
         self.housekeeping_s = housekeeping_s
         self.verifier = Verifier(keyring, self.outbox.load_windows())
         self.gateway_id = gateway_id or client_id
@@ -165,7 +168,9 @@ class Gateway:
                 # readings (gap records say so), raise the alert, and try once more.
                 self.alerts["disk_full"] = time.time()
                 log.error("buffer disk full: evicting the oldest readings to make room")
+                self.outbox.release_ballast()
                 self.outbox.evict_oldest(max(1000, 2 * len(readings)), EVICT_DISK_FULL)
+                self.outbox.checkpoint()
                 self.outbox.commit(readings, moved, counts)
         except Exception:
             # Nothing of this group is durable: forget its window moves and do not ack,
