@@ -74,8 +74,10 @@ c = [0]
 def enc():
     c[0] += 1
     protocol.encode(KEY, 1, 0x2A, c[0], 1790000000, 60, AIR)
+def dec():
+    protocol.open_frame(frame, KEY)
 print(json.dumps({"micropython_encode_per_s": rate(enc),
-                  "micropython_decode_verify_per_s": rate(lambda: protocol.open_frame(frame, KEY))}))
+                  "micropython_decode_verify_per_s": rate(dec)}))
 """
 
 

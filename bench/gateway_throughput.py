@@ -67,7 +67,7 @@ def core_child(rounds: int, out) -> None:
     out.send({"core_readings_per_s": len(envs) / elapsed, "core_rss_mb": peak_rss_mb()})
 
 
-# -- 2. end to end --------------------------------------------------------------------------------
+# -- 2. end to end -----------------------------------------------------------------------------
 
 
 def publish(host: str, port: int, frames, client_id: str) -> None:
@@ -147,7 +147,7 @@ def e2e_child(host, port, vm_url, rounds, n_publishers, out) -> None:
               "e2e_forwarded": forwarded, "e2e_rss_mb": peak_rss_mb()})
 
 
-# -- 3. drain --------------------------------------------------------------------------------------
+# -- 3. drain ----------------------------------------------------------------------------------
 
 
 def readings(n: int, t0: int) -> list[Reading]:

@@ -1,128 +1,112 @@
-"""Frame-level fleet simulator: statistical readings for many nodes, signed with the real
-codec, so the gateway sees exactly what real nodes send.
+"""The frame-level fleet, node by node: real-time publishing, the demo, tests.
+
+`SimFleet` and `SimNode` call their nodes one frame at a time at any time t (a node's
+counter counts its calls), which is what a real-time publisher needs.  Their values come
+from the same zone model and sensor noise as the bulk generator (simulators/framegen.py),
+and their frames from the same signer, byte-identical to `firmware.protocol.encode`.  For
+recordings, benchmarks and replays at scale use `FrameGenerator` directly.
 
 Deterministic for a seed: node keys, counters and values depend only on (seed, node,
-time).  Simulated node keys are derived from the seed and are for simulation only: a
-real node's key is random and made at enrolment.
+time, calls so far).  Simulated node keys are derived from the seed and are for
+simulation only: a real node's key is random and made at enrolment.
 """
 
 from __future__ import annotations
 
-import hashlib
-import math
-import random
 from collections.abc import Iterator
 
 from firmware import metrics, protocol
 from fleet.keyring import Keyring, NodeEntry
 from hardware.sites import NodePlacement, load_placements
+from simulators.framegen import KIND_METRICS, FrameGenerator, FrameSigner, sim_key
+from simulators.zonemodel import ZoneModel
 
 M = metrics.BY_NAME
 
-# Activity peaks per zone (hour of day, weight): commuters at the station, evenings on
-# the terraces, afternoons on the boulevard.
-_PEAKS = {
-    "spoorzone": ((8.0, 1.0), (17.5, 0.9), (12.5, 0.3)),
-    "maasterras": ((20.0, 1.0), (13.0, 0.4)),
-    "spuiboulevard": ((14.5, 1.0), (11.0, 0.6), (19.0, 0.4)),
-}
+_MODELS: dict[int, ZoneModel] = {}
 
 
-def activity(zone: str, t_s: float) -> float:
-    """0..~1: how busy a zone is at Unix time t (local time ~ UTC+1)."""
-    hour = ((t_s / 3600.0) + 1.0) % 24.0
-    level = 0.05
-    for peak, weight in _PEAKS.get(zone, ((13.0, 1.0),)):
-        d = min(abs(hour - peak), 24 - abs(hour - peak))
-        level += weight * math.exp(-(d * d) / 4.0)
-    return min(level, 1.2)
+def shared_model(seed: int) -> ZoneModel:
+    """One zone model per seed per process (building one takes ~50 ms)."""
+    model = _MODELS.get(seed)
+    if model is None:
+        model = _MODELS[seed] = ZoneModel(seed)
+    return model
+
+
+def activity(zone: str, t_s: float, seed: int = 1) -> float:
+    """0..~1.5: how busy a zone is at Unix time t (its crowd level in the zone model)."""
+    return shared_model(seed).zone_state(zone, t_s).crowd
 
 
 class SimNode:
-    def __init__(self, placement: NodePlacement, seed: int, status_every: int = 10):
+    def __init__(self, placement: NodePlacement, seed: int, status_every: int = 10,
+                 generator: FrameGenerator | None = None):
         self.placement = placement
         self.node_id = placement.node_id
         self.kind_id = metrics.KIND_IDS[placement.kind]
-        self.key = hashlib.sha256(b"dordt-sim-key/%d/%d" % (seed, self.node_id)).digest()
+        self.key = sim_key(seed, self.node_id)
         self.counter = 0
         self.status_every = status_every
         self.frames_made = 0
         self.boot_s: float | None = None
-        self._rng = random.Random(seed * 1_000_003 + self.node_id)
+        if generator is None:
+            model = shared_model(seed)
+            if placement.site not in model.site_ids:
+                model.add_site(placement.site, placement.zone)
+            generator = FrameGenerator([placement], seed, status_every=0, model=model)
+        self._gen = generator
+        self._setup = next(n for n in generator.nodes if n.placement == placement)
+        self._signer = FrameSigner(self.key)
 
     @property
     def topic(self) -> str:
         return protocol.topic_up(self.placement.zone, self.node_id)
 
-    def values(self, t_s: float) -> dict[str, float]:
-        """This node's reading for the window ending at t."""
-        rng, zone = self._rng, self.placement.zone
-        a = activity(zone, t_s)
-        day = math.sin(2 * math.pi * (((t_s / 3600.0) + 1.0) % 24.0 - 9.0) / 24.0)
-        kind = self.placement.kind
-        if kind == "air":
-            pm25 = max(0.0, 6.0 + 14.0 * a + rng.gauss(0, 1.5))
-            return {
-                "temperature_c": 11.0 + 5.0 * day + rng.gauss(0, 0.2),
-                "humidity_pct": min(100.0, max(0.0, 78.0 - 15.0 * day + rng.gauss(0, 1.0))),
-                "pressure_hpa": 1013.0 + rng.gauss(0, 0.3),
-                "gas_resistance_ohm": max(1000.0, 60000.0 - 25000.0 * a + rng.gauss(0, 800)),
-                "pm25_ugm3": pm25,
-                "pm10_ugm3": pm25 * 1.6 + abs(rng.gauss(0, 1.0)),
-                "air_faults": 0,
-            }
-        if kind == "noise":
-            laeq = 46.0 + 22.0 * a + rng.gauss(0, 1.0)
-            out = {
-                "laeq_db": laeq,
-                "lamax_db": laeq + 8.0 + abs(rng.gauss(0, 2.0)),
-                "la10_db": laeq + 3.0,
-                "la50_db": laeq - 2.0,
-                "la90_db": laeq - 6.0,
-            }
-            return out
-        count = max(0, int(round(rng.gauss(220 * a, 6 + 10 * a))))
-        shares = (0.1, 0.2, 0.3, 0.25, 0.15)
-        bins = [int(count * s) for s in shares]
-        bins[2] += count - sum(bins)
-        out = {"crowd_count": count}
-        out.update({f"rssi_bin_{i}": b for i, b in enumerate(bins)})
-        return out
+    def raws(self, t_s: float, window_s: int = 10) -> list[tuple[int, int]]:
+        """(metric id, raw) of this node's reading for the window ending at t."""
+        t = int(t_s)
+        state = self._gen.model.site_state(self.placement.site, t, window_s)
+        ids = [M[name].id for name in KIND_METRICS[self.placement.kind]]
+        return list(zip(ids, self._gen.raws(self._setup, state, t)))
+
+    def values(self, t_s: float, window_s: int = 10) -> dict[str, float]:
+        """This node's reading for the window ending at t, in physical units."""
+        return {metrics.BY_ID[i].name: metrics.BY_ID[i].to_value(raw)
+                for i, raw in self.raws(t_s, window_s)}
 
     def frame(self, t_s: float, window_s: int = 10) -> bytes:
         """The next signed frame for the window ending at t (a status frame every
-        `status_every` frames)."""
+        `status_every` frames, instead of a reading)."""
         if self.boot_s is None:
             self.boot_s = t_s
         self.frames_made += 1
+        self.counter += 1
         if self.status_every and self.frames_made % self.status_every == 0:
-            values = {
-                "uptime_s": int(t_s - self.boot_s),
-                "free_heap_bytes": 120_000 + self._rng.randrange(4000),
-                "reset_cause": 1,
-                "firmware_version": 100,
-                "error_count": 0,
-                "dropped_frames": 0,
-            }
+            pairs = self._gen.status_at(self._setup, int(t_s))
+            pairs[0] = (M["uptime_s"].id, int(t_s - self.boot_s))
             flags = protocol.FLAG_STATUS
         else:
-            values, flags = self.values(t_s), 0
-        return self.encode(values, int(t_s), window_s, flags)
+            pairs, flags = self.raws(t_s, window_s), 0
+        return self._signer.encode(self.kind_id, self.node_id, self.counter, int(t_s),
+                                   window_s, pairs, flags)
 
     def encode(self, values: dict[str, float], t_s: int, window_s: int, flags: int = 0) -> bytes:
+        """Sign `values` (physical units, by registry name) as this node's next frame."""
         pairs = [(M[name].id, M[name].to_raw(v)) for name, v in values.items()]
         self.counter += 1
-        return protocol.encode(
-            self.key, self.kind_id, self.node_id, self.counter, t_s, window_s, pairs,
-            flags=flags,
-        )
+        return self._signer.encode(self.kind_id, self.node_id, self.counter, t_s, window_s,
+                                   pairs, flags)
 
 
 class SimFleet:
     def __init__(self, placements: list[NodePlacement] | None = None, seed: int = 1,
                  status_every: int = 10):
         self.seed = seed
-        self.nodes = [SimNode(p, seed, status_every) for p in (placements or load_placements())]
+        placements = placements or load_placements()
+        model = shared_model(seed)
+        self.generator = FrameGenerator(placements, seed, status_every=0, model=model)
+        self.nodes = [SimNode(p, seed, status_every, self.generator) for p in placements]
 
     def keyring(self) -> Keyring:
         return Keyring([
@@ -137,7 +121,7 @@ class SimFleet:
             yield node.topic, node.frame(t_s, window_s)
 
 
-# -- faults the demo shows (the full fault injector comes with the simulators issue) ----
+# -- faults the demo shows (the composable injector is simulators/faults.py) ----------------
 
 
 def forged(frame: bytes) -> bytes:

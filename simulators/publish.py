@@ -1,4 +1,10 @@
-"""Publish simulated frames to an MQTT broker (QoS 1), paced in real time."""
+"""Publish simulated frames to an MQTT broker (QoS 1), paced in real time.
+
+In:  a SimFleet, a broker.  Out: every `interval_s`, one frame per node (and, with faults,
+a few bad ones), published with paho-mqtt; optionally each one also written to a recording
+(`recorder`), stamped with the time it was published.  For replays at speed use
+simulators/replay.py.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ import paho.mqtt.client as mqtt
 
 from gateway.ingest.mqtt import parse_broker_url
 from simulators.fleet import SimFleet, forged, stranger, truncated
+from simulators.recording import Message, RecordingWriter
 
 
 class FleetPublisher:
@@ -19,7 +26,8 @@ class FleetPublisher:
 
     def __init__(self, fleet: SimFleet, broker_url: str, interval_s: float = 2.0,
                  faults: bool = True, client_id: str = "dordt-sim-fleet",
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time,
+                 recorder: RecordingWriter | None = None):
         self.fleet = fleet
         self.interval_s = interval_s
         self.faults = faults
@@ -27,6 +35,8 @@ class FleetPublisher:
         self.published = 0
         self.published_faults = 0
         self.rounds = 0
+        self.recorder = recorder
+        self.last_round_s: float | None = None  # the simulated time of the latest round
         host, port = parse_broker_url(broker_url)
         self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
         self._client.max_inflight_messages_set(200)
@@ -38,6 +48,7 @@ class FleetPublisher:
 
     def publish_round(self) -> None:
         now = self.clock()
+        self.last_round_s = now
         last = None
         for topic, frame in self.fleet.tick(now, window_s=max(1, round(self.interval_s))):
             self._send(topic, frame)
@@ -53,6 +64,8 @@ class FleetPublisher:
     def _send(self, topic: str, frame: bytes) -> None:
         self._pending.append(self._client.publish(topic, frame, qos=1))
         self.published += 1
+        if self.recorder is not None:
+            self.recorder.write(Message(int(self.clock() * 1000), topic, frame, 1))
 
     def wait_acked(self, timeout_s: float = 10.0) -> bool:
         """True once the broker has acknowledged every frame published so far."""
