@@ -150,9 +150,9 @@ def e2e_child(host, port, vm_url, rounds, n_publishers, out) -> None:
 # -- 3. drain ----------------------------------------------------------------------------------
 
 
-def readings(n: int, t0: int) -> list[Reading]:
+def readings(n: int, t0: int, start: int = 0) -> list[Reading]:
     out = []
-    for i in range(n):
+    for i in range(start, start + n):
         node = i % 1000
         out.append(Reading(node=f"0b{node:06x}", kind="air", zone="spoorzone", site="spz-01",
                            counter=i, time_s=t0 + 10 * (i // 1000), window_s=10,
@@ -170,10 +170,8 @@ def drain_child(vm_url: str, n: int, out) -> None:
     t0 = int(time.time()) - 20 * 86400
     with tempfile.TemporaryDirectory() as d:
         box = Outbox(f"{d}/outbox.sqlite")
-        rs = readings(n, t0)
-        for i in range(0, n, 50_000):
-            box.commit(rs[i:i + 50_000], {})
-        del rs
+        for i in range(0, n, 20_000):  # made a chunk at a time: RSS is the gateway's, not ours
+            box.commit(readings(min(20_000, n - i), t0, i), {})
         prov = Provenance(GatewayIdentity.load_or_create(d, "bench-gw"), AuditLog(f"{d}/a.log"))
         fwd = Forwarder(box, InfluxStore(vm_url, timeout_s=30), provenance=prov)
         start = time.perf_counter()
