@@ -110,9 +110,13 @@ def canonical_line(measurement: str, tags: dict[str, str], time_s: int,
     for name in sorted(fields):
         if name == BATCH_FIELD:
             continue
-        metric = metrics.BY_NAME.get(name)
-        raw = metric.to_raw(fields[name]) if metric else repr(float(fields[name]))
-        values.append(f"{name}={raw}")
+        scale = _SCALE.get(name)
+        if scale is None:  # not a registry metric (e.g. `suppressed`): exact float text
+            values.append(f"{name}={float(fields[name])!r}")
+            continue
+        # metrics.to_raw_exp, inlined: round half away from zero
+        x = fields[name] * scale
+        values.append(f"{name}={int(x + 0.5) if x >= 0 else -int(-x + 0.5)}")
     key = (measurement, *tags.items())
     head = _HEADS.get(key)
     if head is None:
@@ -124,6 +128,7 @@ def canonical_line(measurement: str, tags: dict[str, str], time_s: int,
 
 
 _HEADS: dict[tuple, str] = {}
+_SCALE = {m.name: 10 ** -m.exp for m in metrics.BY_ID.values() if m.exp <= 0}
 
 
 def batch_digest(lines: Iterable[bytes]) -> bytes:
