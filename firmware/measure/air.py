@@ -44,17 +44,8 @@ except ImportError:  # CPython
         return x
 
 
-try:
-    from time import ticks_add as _ticks_add  # type: ignore
-    from time import ticks_diff as _ticks_diff  # type: ignore
-except ImportError:  # CPython: plain integers
-
-    def _ticks_add(t, ms):
-        return t + ms
-
-    def _ticks_diff(a, b):
-        return a - b
-
+from firmware.ticks import ticks_add as _ticks_add
+from firmware.ticks import ticks_diff as _ticks_diff
 
 # air_faults bits (metric 0x08, docs/protocol.md §8).  Each names what went wrong in the
 # window just reported; the metrics it spoils are left out of that report.

@@ -53,17 +53,8 @@ except ImportError:
         return x
 
 
-try:
-    from time import ticks_add as _ticks_add  # type: ignore
-    from time import ticks_diff as _ticks_diff  # type: ignore
-except ImportError:  # CPython on the host: plain integer milliseconds
-
-    def _ticks_add(a, b):
-        return a + b
-
-    def _ticks_diff(a, b):
-        return a - b
-
+from firmware.ticks import ticks_add as _ticks_add
+from firmware.ticks import ticks_diff as _ticks_diff
 
 KIND = "noise"
 

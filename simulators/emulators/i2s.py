@@ -35,6 +35,8 @@ import math
 import sys
 from array import array
 
+from firmware.ticks import ticks_diff
+
 P_REF = 20e-6  # Pa, the reference sound pressure
 P_94 = P_REF * 10 ** (94.0 / 20.0)  # 1.0024 Pa: the 94 dB SPL of calibrators and datasheets
 
@@ -349,7 +351,7 @@ class I2SEmulator:
 
     def due(self):
         """Samples whose time has passed and that were not handed out yet."""
-        elapsed = self.clock.ticks_ms() - self._t0
+        elapsed = ticks_diff(self.clock.ticks_ms(), self._t0)
         return elapsed * self.sample_rate // 1000 - self.delivered
 
     def readinto(self, buf):
