@@ -15,8 +15,9 @@ NPM_STAMP  := $(MPY_JS)/node_modules/.dordt-installed
 demo: $(VENV_STAMP)
 	$(VENV)/bin/dordt demo $(ARGS)
 
+# Both cores: a test file runs on one worker (its module fixtures stay together).
 test: setup-test
-	$(VENV)/bin/python -m pytest $(ARGS)
+	$(VENV)/bin/python -m pytest -n auto --dist loadfile $(ARGS)
 
 setup: $(VENV_STAMP)
 setup-test: $(TEST_STAMP) apt $(NPM_STAMP)
