@@ -125,9 +125,24 @@ def _check_p(fault: Fault, p: float) -> None:
         raise FaultError(f"{fault.name}: p must be a probability 0..1, got {p}")
 
 
-def _release_until(heap: list, t_ms: int) -> Iterator[Message]:
-    while heap and heap[0][0] <= t_ms:
-        yield heapq.heappop(heap)[2]
+class _Later:
+    """Messages held back to be sent at a later time: in time order, and in the order they
+    were held when their times are equal."""
+
+    def __init__(self) -> None:
+        self._heap: list = []
+        self._seq = 0
+
+    def hold(self, msg: Message, t_ms: int) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (t_ms, self._seq, msg._replace(t_ms=t_ms)))
+
+    def due(self, t_ms: int) -> Iterator[Message]:
+        while self._heap and self._heap[0][0] <= t_ms:
+            yield heapq.heappop(self._heap)[2]
+
+    def rest(self) -> Iterator[Message]:
+        return self.due(1 << 62)
 
 
 # -- delivery faults ---------------------------------------------------------------------------
@@ -159,19 +174,16 @@ class Duplicate(Fault):
 
     def apply(self, stream, rng, ctx):
         _check_p(self, self.p)
-        heap: list = []
-        seq = 0
+        later = _Later()
         for msg in stream:
-            yield from _release_until(heap, msg.t_ms)
+            yield from later.due(msg.t_ms)
             yield msg
             if self.selects(msg) and rng.random() < self.p:
                 self.affected += 1
-                seq += 1
-                heapq.heappush(heap, (msg.t_ms + int(self.gap_s * 1000), seq, msg._replace(
-                    t_ms=msg.t_ms + int(self.gap_s * 1000))))
+                later.hold(msg, msg.t_ms + int(self.gap_s * 1000))
                 if not self.gap_s:
-                    yield from _release_until(heap, msg.t_ms)
-        yield from _release_until(heap, 1 << 62)
+                    yield from later.due(msg.t_ms)
+        yield from later.rest()
 
 
 @dataclass
@@ -218,18 +230,15 @@ class Delay(Fault):
 
     def apply(self, stream, rng, ctx):
         _check_p(self, self.p)
-        heap: list = []
-        seq = 0
+        later = _Later()
         for msg in stream:
-            yield from _release_until(heap, msg.t_ms)
+            yield from later.due(msg.t_ms)
             if self.selects(msg) and rng.random() < self.p:
                 self.affected += 1
-                seq += 1
-                t = msg.t_ms + int(self.delay_s * 1000)
-                heapq.heappush(heap, (t, seq, msg._replace(t_ms=t)))
+                later.hold(msg, msg.t_ms + int(self.delay_s * 1000))
                 continue
             yield msg
-        yield from _release_until(heap, 1 << 62)
+        yield from later.rest()
 
 
 @dataclass
@@ -266,17 +275,14 @@ class ReplayAttack(Fault):
 
     def apply(self, stream, rng, ctx):
         _check_p(self, self.p)
-        heap: list = []
-        seq = 0
+        later = _Later()
         for msg in stream:
-            yield from _release_until(heap, msg.t_ms)
+            yield from later.due(msg.t_ms)
             yield msg
             if self.selects(msg) and rng.random() < self.p:
                 self.affected += 1
-                seq += 1
-                t = msg.t_ms + int(self.after_s * 1000)
-                heapq.heappush(heap, (t, seq, msg._replace(t_ms=t)))
-        yield from _release_until(heap, 1 << 62)
+                later.hold(msg, msg.t_ms + int(self.after_s * 1000))
+        yield from later.rest()
 
 
 @dataclass
