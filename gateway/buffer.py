@@ -1,7 +1,15 @@
 """Buffer: verified readings → a durable SQLite outbox, until the store has them.
 
 In:  batches of Readings, with the replay windows and rejection counts they moved.
-Out: the oldest readings first, for the forwarder; deleted once the store has them.
+Out: the oldest readings first, for the forwarder, as `Item`s: (outbox id, time_s, policy
+version, line head); deleted once the store has them.
+
+Each reading is kept as the line-protocol text the store will get, without its
+timestamp (forward.line_head), formatted once on the way in: draining then formats and
+parses nothing, which is what lets a backlog of a million readings leave in seconds.
+Beside it: the node (for gap records), the time (bounds, batches) and the version of the
+privacy policy the reading went through (its provenance record names that policy, even
+when the gateway has moved on to another one by the time the reading leaves).
 On failure: commit() raises and nothing of the batch is kept, so the caller does not
 ack it and the broker redelivers.
 
@@ -15,6 +23,7 @@ rejection counters change in one transaction, so after a crash they agree.
 from __future__ import annotations
 
 import json
+from math import isfinite
 import os
 import shutil
 import sqlite3
@@ -26,7 +35,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from firmware.protocol import ReplayWindow
+from gateway.forward import line_head, parse_line
 from gateway.model import Point, Reading
+
+# (outbox id, time_s, policy version, line head): a buffered reading as the forwarder
+# sees it; the line to send is f"{head} {time_s}" (plus the batch field)
+Item = tuple[int, int, int, str]
 
 # Why readings were evicted, as the gap record's `reason` field says.
 EVICT_BYTES, EVICT_AGE, EVICT_DISK_FULL = 1, 2, 3
@@ -35,10 +49,9 @@ _EVICT_NAMES = {EVICT_BYTES: "bytes", EVICT_AGE: "age", EVICT_DISK_FULL: "disk_f
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
-    node TEXT NOT NULL, kind TEXT NOT NULL, zone TEXT NOT NULL, site TEXT NOT NULL,
-    counter INTEGER NOT NULL, time_s INTEGER NOT NULL, window_s INTEGER NOT NULL,
-    status INTEGER NOT NULL, estimated INTEGER NOT NULL, fields TEXT NOT NULL
+    node TEXT NOT NULL, time_s INTEGER NOT NULL, policy INTEGER NOT NULL, line TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS policy (version INTEGER PRIMARY KEY, hash BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS replay_window (
     node_id INTEGER PRIMARY KEY, highest INTEGER NOT NULL, seen BLOB NOT NULL
 );
@@ -98,8 +111,29 @@ class Outbox:
             self._db.execute(f"PRAGMA wal_autocheckpoint={int(wal_pages)}")
             page = self._db.execute("PRAGMA page_size").fetchone()[0]
             self._db.execute(f"PRAGMA journal_size_limit={int(wal_pages) * page}")
+            self._migrate()
             self._db.executescript(_SCHEMA)
         self.restore_ballast()
+
+    def _migrate(self) -> None:
+        """An outbox written by an earlier version (readings as columns and JSON fields)
+        becomes one of lines, in one transaction: buffered readings are never dropped by
+        an upgrade."""
+        cols = [row[1] for row in self._db.execute("PRAGMA table_info(outbox)")]
+        if "fields" not in cols:
+            return
+        with self._transaction() as db:
+            old = db.execute(
+                "SELECT id, node, kind, zone, site, counter, time_s, window_s, status,"
+                " estimated, fields FROM outbox ORDER BY id").fetchall()
+            db.execute("ALTER TABLE outbox RENAME TO outbox_v1")
+            db.execute(_SCHEMA.split(";")[0])
+            db.executemany(
+                "INSERT INTO outbox (id, node, time_s, policy, line) VALUES (?,?,?,0,?)",
+                [(i, node, t, line_head(Reading(node, kind, zone, site, ctr, t, w,
+                                                json.loads(f), bool(st), bool(est))))
+                 for i, node, kind, zone, site, ctr, t, w, st, est, f in old])
+            db.execute("DROP TABLE outbox_v1")
 
     def close(self) -> None:
         with self._lock:
@@ -112,27 +146,50 @@ class Outbox:
         readings: Iterable[Reading],
         windows: dict[int, ReplayWindow],
         counts: Counter | None = None,
+        policy: int = 0,
     ) -> None:
-        rows = [
-            (
-                r.node, r.kind, r.zone, r.site, r.counter, r.time_s, r.window_s,
-                int(r.status), int(r.time_estimated),
-                _compact_json(r.fields),
-            )
-            for r in readings
-        ]
+        """Keep `readings` (anonymised under policy version `policy`), the replay windows
+        they moved and the counters, in one transaction."""
+        rows = []
+        refused = []
+        for r in readings:
+            # a sum is finite when every value is (and none is near 1e308): one C call
+            if isfinite(sum(r.fields.values())):
+                rows.append((r.node, r.time_s, policy, line_head(r)))
+            else:  # no store takes NaN or infinity: set aside now, never blocking the queue
+                refused.append((json.dumps({"line": line_head(r) + f" {r.time_s}",
+                                            "policy": policy}),
+                                "a field value is not finite; line protocol has no NaN or"
+                                " infinity", self.clock()))
         with self._lock, self._transaction() as db:
             db.executemany(
-                "INSERT INTO outbox (node, kind, zone, site, counter, time_s, window_s,"
-                " status, estimated, fields) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                rows,
-            )
-            db.executemany(
-                "INSERT OR REPLACE INTO replay_window VALUES (?,?,?)",
-                [(n, w.highest, w.seen.to_bytes(8, "big")) for n, w in windows.items()],
-            )
+                "INSERT INTO outbox (node, time_s, policy, line) VALUES (?,?,?,?)", rows)
+            if refused:
+                db.executemany("INSERT INTO quarantine (reading, error, at_s) VALUES (?, ?, ?)",
+                               refused)
+                db.execute(_ADD_COUNTER, ("quarantined", len(refused)))
+            if windows:
+                db.executemany(
+                    "INSERT OR REPLACE INTO replay_window VALUES (?,?,?)",
+                    [(n, w.highest, w.seen.to_bytes(8, "big")) for n, w in windows.items()],
+                )
             if counts:
                 db.executemany(_ADD_COUNTER, list(counts.items()))
+
+    def note_policy(self, version: int, digest: bytes) -> None:
+        """Remember the hash of policy `version`, for the provenance of readings buffered
+        under it.  A version seen before with another hash is refused (anonymise.py refuses
+        to start with one; this is the buffer's own guard)."""
+        with self._lock, self._transaction() as db:
+            row = db.execute("SELECT hash FROM policy WHERE version = ?", (version,)).fetchone()
+            if row is not None and bytes(row[0]) != digest:
+                raise ValueError(f"privacy policy version {version} is already in the buffer"
+                                 " with other values; give the new policy a new version")
+            db.execute("INSERT OR IGNORE INTO policy VALUES (?, ?)", (version, digest))
+
+    def policies(self) -> dict[int, bytes]:
+        with self._lock:
+            return {v: bytes(h) for v, h in self._db.execute("SELECT version, hash FROM policy")}
 
     # -- bounds -------------------------------------------------------------------------
 
@@ -228,14 +285,19 @@ class Outbox:
         with self._lock, self._transaction() as db:
             params = (*params, self._pending_last_id())
             groups = db.execute(
-                "SELECT node, kind, zone, site, count(*), min(time_s), max(time_s) FROM outbox"
-                f" WHERE {cond} GROUP BY node, kind, zone, site", params).fetchall()
+                "SELECT node, count(*), min(time_s), max(time_s), min(id) FROM outbox"
+                f" WHERE {cond} GROUP BY node", params).fetchall()
             if not groups:
                 return 0
+            heads = {node: db.execute("SELECT line, time_s FROM outbox WHERE id = ?",
+                                      (first_id,)).fetchone()
+                     for node, _, _, _, first_id in groups}
             db.execute(f"DELETE FROM outbox WHERE {cond}", params)
             total = 0
-            for node, kind, zone, site, count, first_s, last_s in groups:
-                tags = {"zone": zone, "site": site, "node": node, "kind": kind}
+            for node, count, first_s, last_s, _ in groups:
+                line, time_s = heads[node]
+                _, tags, _, _ = parse_line(f"{line} {time_s}")
+                tags = {k: tags.get(k, "-") for k in ("zone", "site", "node", "kind")}
                 fields = {"readings": count, "first_s": first_s, "last_s": last_s,
                           "reason": reason}
                 db.execute("INSERT INTO extra (measurement, tags, fields, time_s)"
@@ -291,28 +353,17 @@ class Outbox:
 
     # -- reader -------------------------------------------------------------------------
 
-    def peek(self, limit: int) -> list[tuple[int, Reading]]:
-        """The oldest `limit` readings with their outbox ids."""
-        return self._rows("ORDER BY id LIMIT ?", (limit,))
-
-    def _rows(self, where: str, params: tuple) -> list[tuple[int, Reading]]:
+    def peek_items(self, limit: int) -> list[Item]:
+        """The oldest `limit` readings, as the forwarder sends them."""
         with self._lock:
-            rows = self._db.execute(
-                "SELECT id, node, kind, zone, site, counter, time_s, window_s, status,"
-                " estimated, fields FROM outbox " + where,
-                params,
-            ).fetchall()
-        return [
-            (
-                row[0],
-                Reading(
-                    node=row[1], kind=row[2], zone=row[3], site=row[4], counter=row[5],
-                    time_s=row[6], window_s=row[7], fields=json.loads(row[10]),
-                    status=bool(row[8]), time_estimated=bool(row[9]),
-                ),
-            )
-            for row in rows
-        ]
+            return self._db.execute(
+                "SELECT id, time_s, policy, line FROM outbox ORDER BY id LIMIT ?",
+                (limit,)).fetchall()
+
+    def peek(self, limit: int) -> list[tuple[int, Reading]]:
+        """The oldest `limit` readings with their outbox ids, as Readings (for people and
+        tests; counter and window length are not kept, so they read 0)."""
+        return [(item[0], item_reading(item)) for item in self.peek_items(limit)]
 
     # -- batches: a batch is fixed (members and signed record) before it is sent, so a
     # batch re-sent after a crash is the same batch, with the same number and record.
@@ -327,17 +378,19 @@ class Outbox:
             db.execute("INSERT INTO batch VALUES (?, ?, ?, ?)", (seq, first_id, last_id, record))
         return seq, record
 
-    def pending_batch(self) -> tuple[int, str, list[tuple[int, Reading]]] | None:
+    def pending_batch(self) -> tuple[int, str, list[Item]] | None:
         """The batch that was opened but not closed (the gateway stopped mid-send)."""
         with self._lock:
             row = self._db.execute(
                 "SELECT seq, first_id, last_id, record FROM batch ORDER BY seq LIMIT 1"
             ).fetchone()
-        if row is None:
-            return None
-        seq, first_id, last_id, record = row
-        return seq, record, self._rows("WHERE id BETWEEN ? AND ? ORDER BY id",
-                                       (first_id, last_id))
+            if row is None:
+                return None
+            seq, first_id, last_id, record = row
+            items = self._db.execute(
+                "SELECT id, time_s, policy, line FROM outbox WHERE id BETWEEN ? AND ?"
+                " ORDER BY id", (first_id, last_id)).fetchall()
+        return seq, record, items
 
     def close_batch(self, seq: int, ids: list[int]) -> None:
         """The store has the batch: drop its readings and the batch, in one transaction."""
@@ -355,11 +408,10 @@ class Outbox:
         with self._lock, self._transaction() as db:
             self._remove(db, ids, counter)
 
-    def quarantine(self, item: tuple[int, Reading], error: str, at_s: float) -> None:
+    def quarantine(self, item: Item, error: str, at_s: float) -> None:
         """Set aside a reading the store refuses for good, so it never blocks the queue."""
-        outbox_id, reading = item
-        doc = json.dumps({"measurement": reading.measurement, **reading.tags,
-                          "time_s": reading.time_s, "fields": reading.fields})
+        outbox_id, time_s, policy, head = item
+        doc = json.dumps({"line": f"{head} {time_s}", "policy": policy})
         with self._lock, self._transaction() as db:
             db.execute("INSERT INTO quarantine (reading, error, at_s) VALUES (?, ?, ?)",
                        (doc, error, at_s))
@@ -388,3 +440,13 @@ class Outbox:
     def depth(self) -> int:
         with self._lock:
             return self._db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+
+
+def item_reading(item: Item) -> Reading:
+    """A buffered reading back as a Reading (counter and window length read 0)."""
+    _, time_s, _, head = item
+    measurement, tags, fields, _ = parse_line(f"{head} {time_s}")
+    return Reading(node=tags.get("node", "-"), kind=tags.get("kind", "-"),
+                   zone=tags.get("zone", "-"), site=tags.get("site", "-"), counter=0,
+                   time_s=time_s, window_s=0, fields=fields,
+                   status=measurement == "node_status")

@@ -82,6 +82,7 @@ class Gateway:
         policy = load_policy(policy_path or default_policy_path(),
                              known_zones=_known_zones(keyring))
         self.anonymiser = Anonymiser(policy, self.data_dir / "privacy.sqlite")
+        self.outbox.note_policy(self.anonymiser.policy_version, self.anonymiser.policy_digest)
         self.forwarder = Forwarder(self.outbox, store,
                                    provenance=Provenance(self.identity, self.audit,
                                                          self.anonymiser.policy_version,
@@ -160,7 +161,7 @@ class Gateway:
             counts = Counter({"received": len(envelopes), "accepted": len(readings)})
             counts.update({f"rejected.{k}": v for k, v in rejected.items()})
             try:
-                self.outbox.commit(readings, moved, counts)
+                self.outbox.commit(readings, moved, counts, self.anonymiser.policy_version)
             except sqlite3.OperationalError as exc:
                 if not _disk_full(exc):
                     raise
@@ -171,7 +172,7 @@ class Gateway:
                 self.outbox.release_ballast()
                 self.outbox.evict_oldest(max(1000, 2 * len(readings)), EVICT_DISK_FULL)
                 self.outbox.checkpoint()
-                self.outbox.commit(readings, moved, counts)
+                self.outbox.commit(readings, moved, counts, self.anonymiser.policy_version)
         except Exception:
             # Nothing of this group is durable: forget its window moves and do not ack,
             # so the broker redelivers it.

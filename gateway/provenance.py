@@ -4,8 +4,8 @@ gateway's public key can re-read the store and check what reached it.
 - Each gateway has an Ed25519 key made on the gateway (`GatewayIdentity`), private key
   mode 0600 in its data dir; the public key is what fleet/ records for the gateway.
 - A batch's digest is SHA-256 over its readings in a canonical form that survives the
-  store's float handling: metric values as the protocol's fixed-point integers, readings
-  sorted (docs/gateway-operations.md, "Provenance").
+  store's float handling: each reading's line-protocol line with metric values normalised
+  to the registry's fixed point, lines sorted (docs/gateway-operations.md, "Provenance").
 - A `ProvenanceRecord` (gateway, batch seq, count, time span, digest, policy id and hash)
   is signed and written to the store in the same request as its batch, as a point of the
   measurement `provenance`; every reading of the batch carries the field `batch` = seq.
@@ -34,12 +34,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 
 from firmware import metrics
 from fleet.files import write_file_atomic
-from gateway.model import Reading
+from gateway.forward import line_protocol
+from gateway.model import Point, Reading
 
 MEASUREMENT = "provenance"
 BATCH_FIELD = "batch"
 SLOTS = 64  # provenance points per (gateway, second) before two could share a timestamp
-_MAGIC = "dordt-provenance/1"
+_MAGIC = "dordt-provenance/2"  # /2: digests over normalised line protocol
 
 
 # -- the gateway's key ---------------------------------------------------------------------
@@ -103,43 +104,34 @@ def load_public_key(path: str | Path) -> Ed25519PublicKey:
 
 
 def canonical_line(measurement: str, tags: dict[str, str], time_s: int,
-                   fields: dict[str, float]) -> bytes:
-    """One reading as the digest sees it: metric values as registry fixed-point integers,
-    so a store's float formatting cannot change the digest; the batch field left out."""
-    values = []
-    for name in sorted(fields):
+                   fields: dict[str, float]) -> str:
+    """One reading as the digest sees it: its line-protocol line (tags sorted, no batch
+    field) with every registry metric's value normalised to the registry's fixed point,
+    so a store's float formatting cannot change the digest.  For what the gateway wrote,
+    this is exactly the line it sent (values are raw / 10**-exp), so the forwarder digests
+    the outbox's lines as they are and only the verifier normalises."""
+    values = {}
+    for name, value in fields.items():
         if name == BATCH_FIELD:
             continue
         scale = _SCALE.get(name)
-        if scale is None:  # not a registry metric (e.g. `suppressed`): exact float text
-            values.append(f"{name}={float(fields[name])!r}")
-            continue
-        # metrics.to_raw_exp, inlined: round half away from zero
-        x = fields[name] * scale
-        values.append(f"{name}={int(x + 0.5) if x >= 0 else -int(-x + 0.5)}")
-    key = (measurement, *tags.items())
-    head = _HEADS.get(key)
-    if head is None:
-        tag_text = ",".join(f"{k}={tags[k]}" for k in sorted(tags))
-        head = _HEADS[key] = f"{measurement}|{tag_text}|"
-        if len(_HEADS) > 100_000:
-            _HEADS.clear()
-    return f"{head}{time_s}|{','.join(values)}".encode()
+        if scale is not None:  # metrics.to_raw_exp, inlined: round half away from zero
+            x = value * scale
+            value = (int(x + 0.5) if x >= 0 else -int(-x + 0.5)) / scale
+        values[name] = value
+    return line_protocol(Point(measurement, tags, values, time_s))
 
 
-_HEADS: dict[tuple, str] = {}
 _SCALE = {m.name: 10 ** -m.exp for m in metrics.BY_ID.values() if m.exp <= 0}
 
 
-def batch_digest(lines: Iterable[bytes]) -> bytes:
-    h = hashlib.sha256()
-    for line in sorted(lines):
-        h.update(line)
-        h.update(b"\n")
-    return h.digest()
+def batch_digest(lines: Iterable[str]) -> bytes:
+    """SHA-256 over the sorted lines, each followed by a newline."""
+    body = "\n".join(sorted(lines))
+    return hashlib.sha256((body + "\n").encode()).digest()
 
 
-def reading_line(r: Reading) -> bytes:
+def reading_line(r: Reading) -> str:
     return canonical_line(r.measurement, r.tags, r.time_s, r.fields)
 
 
@@ -232,11 +224,11 @@ class ProvenancePoint:
         return {"gateway": self.gateway, "slot": f"{self.slot:02d}"}
 
 
-def make_record(identity: GatewayIdentity, seq: int, readings: list[Reading],
-                policy_version: int, policy_hash: bytes) -> ProvenanceRecord:
+def make_record(identity: GatewayIdentity, seq: int, lines: list[str], first_s: int,
+                last_s: int, policy_version: int, policy_hash: bytes) -> ProvenanceRecord:
+    """The signed record of a batch of canonical lines (see canonical_line)."""
     return ProvenanceRecord(
-        identity.gateway_id, seq, len(readings), min(r.time_s for r in readings),
-        max(r.time_s for r in readings), batch_digest(reading_line(r) for r in readings),
+        identity.gateway_id, seq, len(lines), first_s, last_s, batch_digest(lines),
         policy_version, policy_hash,
     ).signed_by(identity)
 
@@ -327,7 +319,7 @@ def verify_batches(points: Iterable[StoredReading], public_key: Ed25519PublicKey
     batch number.  `points` must cover each record's [first_s, last_s].  Batch numbers are
     per gateway: verify one gateway's range at a time (its nodes' readings)."""
     records: list[ProvenanceRecord] = []
-    members: dict[int, list[bytes]] = defaultdict(list)
+    members: dict[int, list[str]] = defaultdict(list)
     for p in points:
         if p.measurement == MEASUREMENT:
             records.append(ProvenanceRecord.from_fields(p.tags["gateway"], p.fields))

@@ -15,6 +15,7 @@ The store back-ends share one small interface, `Store`:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -38,28 +39,79 @@ class PermanentStoreError(StoreError):
 class Store(Protocol):
     def write(self, readings: Sequence[Reading]) -> None: ...
 
+    def write_lines(self, lines: Sequence[str]) -> None:
+        """Store complete line-protocol lines (second precision), as `line_protocol`
+        and `line_head` make them; same errors as write()."""
+        ...
+
     def close(self) -> None: ...
 
 
-def line_protocol(reading: Reading) -> str:
+def line_head(reading) -> str:
+    """A reading's line-protocol line without its timestamp: `measurement,tags fields`.
+    The outbox keeps this text, so draining it formats nothing (docs/protocol.md §7)."""
+    if type(reading) is Reading:  # a node's series prefix never changes: build it once
+        key = (reading.status, reading.zone, reading.site, reading.node, reading.kind)
+        prefix = _PREFIXES.get(key)
+        if prefix is None:
+            prefix = _PREFIXES[key] = _prefix(reading.measurement, reading.tags)
+            if len(_PREFIXES) > 100_000:
+                _PREFIXES.clear()
+    else:  # gap records, heartbeats, provenance points: few, and their tags vary
+        prefix = _prefix(reading.measurement, reading.tags)
+    fields = reading.fields
+    if len(fields) == 1:
+        ((k, v),) = fields.items()
+        return f"{prefix}{k}={float(v)!r}"
+    return prefix + ",".join([f"{k}={float(v)!r}" for k, v in sorted(fields.items())])
+
+
+def line_protocol(reading) -> str:
     """One InfluxDB line-protocol line, second precision (docs/protocol.md §7)."""
-    tags = reading.tags
-    key = (reading.measurement, *tags.values())
-    prefix = _PREFIXES.get(key)
-    if prefix is None:  # a node's series prefix never changes: build it once
-        tag_text = ",".join(f"{k}={_escape_tag(v)}" for k, v in sorted(tags.items()))
-        prefix = _PREFIXES[key] = f"{reading.measurement},{tag_text} "
-        if len(_PREFIXES) > 100_000:
-            _PREFIXES.clear()
-    fields = ",".join([f"{k}={float(v)!r}" for k, v in sorted(reading.fields.items())])
-    return f"{prefix}{fields} {reading.time_s}"
+    return f"{line_head(reading)} {reading.time_s}"
 
 
 _PREFIXES: dict[tuple, str] = {}
 
 
+def _prefix(measurement: str, tags: dict[str, str]) -> str:
+    tag_text = ",".join(f"{k}={_escape_tag(str(v))}" for k, v in sorted(tags.items()))
+    return f"{_escape_measurement(measurement)},{tag_text} "
+
+
 def _escape_tag(value: str) -> str:
     return value.replace("\\", "\\\\").replace(",", r"\,").replace("=", r"\=").replace(" ", r"\ ")
+
+
+def _escape_measurement(value: str) -> str:
+    return value.replace("\\", "\\\\").replace(",", r"\,").replace(" ", r"\ ")
+
+
+_TOKEN = re.compile(r"(?:\\.|[^,\\])+")
+
+
+def _unescape(text: str) -> str:
+    return re.sub(r"\\(.)", r"\1", text) if "\\" in text else text
+
+
+def parse_line(line: str) -> tuple[str, dict[str, str], dict[str, float], int]:
+    """(measurement, tags, fields, time_s) of a line `line_protocol` wrote: the inverse,
+    for the stores that are not line-protocol servers and for people.  Raises ValueError
+    on anything else."""
+    try:
+        series, fields_text, time_text = line.rsplit(" ", 2)
+        head, *tag_parts = _TOKEN.findall(series)
+        tags = {}
+        for part in tag_parts:
+            key, _, value = re.split(r"(?<!\\)(=)", part, maxsplit=1)
+            tags[_unescape(key)] = _unescape(value)
+        fields = {}
+        for part in fields_text.split(","):
+            key, _, value = part.partition("=")
+            fields[key] = float(value)
+        return _unescape(head), tags, fields, int(time_text)
+    except ValueError as exc:
+        raise ValueError(f"not a line this gateway writes: {line[:200]!r} ({exc})") from None
 
 
 def open_store(spec: str, **options) -> Store:

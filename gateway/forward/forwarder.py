@@ -16,9 +16,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gateway.buffer import Outbox
-from gateway.forward import PermanentStoreError, RetryableStoreError, Store
-from gateway.model import Reading
+from gateway.buffer import Item, Outbox
+from gateway.forward import PermanentStoreError, RetryableStoreError, Store, line_protocol
 from gateway.provenance import (
     BATCH_FIELD,
     AuditLog,
@@ -33,16 +32,21 @@ BATCH_MAX = 5000  # lines per write: the InfluxDB guidance for batch size
 @dataclass
 class Provenance:
     """What the forwarder needs to sign batches: the gateway's key, its audit log, and the
-    anonymisation policy the readings went through."""
+    anonymisation policy readings went through when the buffer does not know it (policy
+    version 0: readings committed without one)."""
 
     identity: GatewayIdentity
     audit: AuditLog
     policy_version: int = 0
     policy_hash: bytes = bytes(32)
 
-    def record(self, seq: int, readings: list[Reading]) -> ProvenanceRecord:
-        return make_record(self.identity, seq, readings, self.policy_version,
-                           self.policy_hash)
+    def record(self, seq: int, lines: list[str], first_s: int, last_s: int,
+               policy_version: int | None = None,
+               policy_hash: bytes | None = None) -> ProvenanceRecord:
+        if policy_version is None or policy_hash is None:
+            policy_version, policy_hash = self.policy_version, self.policy_hash
+        return make_record(self.identity, seq, lines, first_s, last_s, policy_version,
+                           policy_hash)
 
 
 class Forwarder:
@@ -66,6 +70,7 @@ class Forwarder:
         self.rng = rng or random.Random()
         self.provenance = provenance
         self.failures = 0  # consecutive retryable failures
+        self._policies: dict[int, bytes] = {}
         self.last_success_s: float | None = None
         self.last_error: str | None = None
         self._stop = threading.Event()
@@ -80,7 +85,11 @@ class Forwarder:
             seq, record, items = pending
             self._send(items, (seq, record))
         else:
-            items = self.outbox.peek(self.batch_max)
+            items = self.outbox.peek_items(self.batch_max)
+            if items:  # a batch holds readings of one policy: its record names it
+                policy = items[0][2]
+                if items[-1][2] != policy:
+                    items = items[:next(i for i, it in enumerate(items) if it[2] != policy)]
             self._send(items)
         points = self.outbox.peek_points(self.batch_max)
         if points:  # gap records and heartbeats: not readings, so not in signed batches
@@ -96,37 +105,56 @@ class Forwarder:
         self.last_success_s = self.clock()
         return len(items) + len(points)
 
-    def _send(self, items, opened: tuple[int, str] | None = None) -> None:
+    def _send(self, items: list[Item], opened: tuple[int, str] | None = None) -> None:
         if not items:
             if opened is not None:
                 self.outbox.abandon_batch(opened[0])
             return
         if self.provenance is None:
             try:
-                self.store.write([r for _, r in items])
+                self.store.write_lines([f"{head} {t}" for _, t, _, head in items])
             except PermanentStoreError as exc:
                 self._split(items, exc)
                 return
-            self.outbox.remove([i for i, _ in items])
+            self.outbox.remove([item[0] for item in items])
             return
-        seq, record_json = opened or self.outbox.open_batch(
-            items[0][0], items[-1][0],
-            lambda seq: json.dumps(self.provenance.record(seq, [r for _, r in items]).to_json()))
+        if opened is None:
+            policy = self._policy(items[0][2])  # outside open_batch: it holds the outbox
+            opened = self.outbox.open_batch(items[0][0], items[-1][0], lambda seq: json.dumps(
+                self._record(seq, items, policy).to_json()))
+        seq, record_json = opened
         record = ProvenanceRecord.from_json(json.loads(record_json))
-        points = []
-        for _, r in items:  # fresh objects from the outbox: adding the field in place is safe
-            r.fields[BATCH_FIELD] = float(seq)
-            points.append(r)
+        # the outbox's lines are the canonical lines (provenance.canonical_line), so the
+        # batch field goes in only here, on the way out
+        batch = f",{BATCH_FIELD}={float(seq)!r} "
+        lines = [f"{head}{batch}{t}" for _, t, _, head in items]
+        lines.append(line_protocol(record.to_point()))
         try:
-            self.store.write([*points, record.to_point()])
+            self.store.write_lines(lines)
         except PermanentStoreError as exc:
             self.outbox.abandon_batch(seq)
             self._split(items, exc)
             return
         self.provenance.audit.append(record, self.clock())
-        self.outbox.close_batch(seq, [i for i, _ in items])
+        self.outbox.close_batch(seq, [item[0] for item in items])
 
-    def _split(self, items, exc: PermanentStoreError) -> None:
+    def _policy(self, version: int) -> tuple[int, bytes] | None:
+        """The version and hash of the policy buffered readings went through, or None
+        when they were committed without one the buffer knows (version 0)."""
+        digest = self._policies.get(version)
+        if digest is None:
+            self._policies = self.outbox.policies()
+            digest = self._policies.get(version)
+        return None if digest is None else (version, digest)
+
+    def _record(self, seq: int, items: list[Item],
+                policy: tuple[int, bytes] | None) -> ProvenanceRecord:
+        assert self.provenance is not None
+        times = [t for _, t, _, _ in items]
+        return self.provenance.record(seq, [f"{h} {t}" for _, t, _, h in items], min(times),
+                                      max(times), *(policy or (None, None)))
+
+    def _split(self, items: list[Item], exc: PermanentStoreError) -> None:
         if len(items) == 1:
             self.outbox.quarantine(items[0], str(exc), self.clock())
             return

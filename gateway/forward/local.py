@@ -26,7 +26,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from gateway.forward import PermanentStoreError, RetryableStoreError
+from gateway.forward import PermanentStoreError, RetryableStoreError, parse_line
 from gateway.model import Reading
 
 _SCHEMA = """
@@ -127,6 +127,33 @@ class LocalStore:
                 rows.append(
                     (r.measurement, r.node, r.time_s, name, float(value), r.zone, r.site, r.kind)
                 )
+        self._upsert(rows)
+
+    def write_lines(self, lines: Sequence[str]) -> None:
+        """Line-protocol lines (as the outbox keeps them) → the same rows as write()."""
+        rows = []
+        for line in lines:
+            try:
+                measurement, tags, fields, time_s = parse_line(line)
+            except ValueError as exc:
+                raise PermanentStoreError(str(exc)) from None
+            node = tags.get("node")
+            if node is None:  # gateway points: heartbeats, provenance records (their slot)
+                node = tags.get("gateway", "-")
+                if "slot" in tags:
+                    node = f"{node}#{tags['slot']}"
+            zone, site, kind = tags.get("zone", "-"), tags.get("site", "-"), tags.get(
+                "kind", "gateway")
+            for name, value in fields.items():
+                if not math.isfinite(value):
+                    raise PermanentStoreError(
+                        f"reading from node {node} at {time_s} has field {name}={value};"
+                        " the store takes only finite values"
+                    )
+                rows.append((measurement, node, time_s, name, value, zone, site, kind))
+        self._upsert(rows)
+
+    def _upsert(self, rows: list[tuple]) -> None:
         if not rows:
             return
         with self._errors("write to"):

@@ -45,18 +45,36 @@ def test_store_outage_keeps_everything_then_drains_in_order(tmp_path, victoriame
 
 def test_a_refused_batch_is_split_and_only_the_bad_reading_quarantined(tmp_path, stub):  # noqa: F811
     outbox = Outbox(tmp_path / "outbox.sqlite")
+    outbox.commit(readings(8, 1_700_000_000), {})
+    fwd = Forwarder(outbox, InfluxStore(stub.url))
+    orig_write = fwd.store.write_lines
+
+    def write_lines(lines):  # the store refuses any body holding the sixth reading
+        bad = any("temperature_c=10.05 " in line for line in lines)
+        stub.answer = Answer(status=400, body=b'{"message":"unable to parse"}') if bad \
+            else Answer(status=204)
+        return orig_write(lines)
+
+    fwd.store.write_lines = write_lines
+    assert fwd.drain_once() == 8
+    taken = [r["body"] for r in stub.requests if "10.05 " not in r["body"]]
+    stored = [line for body in taken for line in body.splitlines()]
+    assert len(stored) == 7
+    assert outbox.depth() == 0
+    assert outbox.counters() == {"forwarded": 7, "quarantined": 1}
+
+
+def test_a_non_finite_value_is_quarantined_at_commit_and_never_sent(tmp_path, stub):  # noqa: F811
+    outbox = Outbox(tmp_path / "outbox.sqlite")
     rs = readings(8, 1_700_000_000)
     rs[5] = Reading(**{**{f: getattr(rs[5], f) for f in Reading.__slots__},
                        "fields": {"temperature_c": float("nan")}})
     outbox.commit(rs, {})
-    stub.answer = Answer(status=204)
+    assert outbox.depth() == 7 and outbox.counters() == {"quarantined": 1}
     fwd = Forwarder(outbox, InfluxStore(stub.url))
-    assert fwd.drain_once() == 8
-    sent_bodies = [r["body"] for r in stub.requests]
-    stored = [line for body in sent_bodies for line in body.splitlines()]
-    assert len(stored) == 7 and not any("nan" in line for line in stored)
-    assert outbox.depth() == 0
-    assert outbox.counters() == {"forwarded": 7, "quarantined": 1}
+    assert fwd.drain_once() == 7
+    [req] = stub.requests
+    assert len(req["body"].splitlines()) == 7 and "nan" not in req["body"]
 
 
 def test_413_splits_until_the_store_takes_the_batches(tmp_path, stub):  # noqa: F811
@@ -64,13 +82,13 @@ def test_413_splits_until_the_store_takes_the_batches(tmp_path, stub):  # noqa: 
     outbox.commit(readings(100, 1_700_000_000), {})
     fwd = Forwarder(outbox, InfluxStore(stub.url), batch_max=100)
     answers = [Answer(status=413)] * 3  # the first three bodies are too large
-    orig_write = fwd.store.write
+    orig_write = fwd.store.write_lines
 
-    def write(batch):
+    def write_lines(lines):
         stub.answer = answers.pop(0) if answers else Answer(status=204)
-        return orig_write(batch)
+        return orig_write(lines)
 
-    fwd.store.write = write
+    fwd.store.write_lines = write_lines
     assert fwd.drain_once() == 100
     assert outbox.depth() == 0 and outbox.counters() == {"forwarded": 100}
     sizes = [len(r["body"].splitlines()) for r in stub.requests]

@@ -21,6 +21,7 @@ from gateway.provenance import (
     ProvenanceRecord,
     load_public_key,
     make_record,
+    reading_line,
     read_local,
     read_victoriametrics,
     verify_batches,
@@ -48,7 +49,9 @@ def test_records_sign_round_trip_and_refuse_changes(tmp_path):
     from gateway.verify import Verifier
     v = Verifier(fleet.keyring())
     readings = [v.check(Envelope("mqtt", t, f, 0)) for t, f in fleet.tick(1_790_000_000)]
-    rec = make_record(ident, 7, readings, 3, bytes(range(32)))
+    lines = [reading_line(r) for r in readings]
+    rec = make_record(ident, 7, lines, min(r.time_s for r in readings),
+                      max(r.time_s for r in readings), 3, bytes(range(32)))
     pub = load_public_key(tmp_path / "gateway.pub")
     assert rec.verify(pub)
     back = ProvenanceRecord.from_fields("gw-a", rec.to_point().fields)
@@ -111,11 +114,11 @@ def test_a_batch_resent_after_a_crash_keeps_its_number_and_record(tmp_path):
     store = LocalStore(tmp_path / "store.sqlite")
     gw = Gateway(fleet.keyring(), store, tmp_path / "gw", gateway_id="gw-test")
     gw.process([Envelope("mqtt", t, f, t0) for t, f in fleet.tick(t0)])
-    items = gw.outbox.peek(100)
+    items = gw.outbox.peek_items(100)
     # the forwarder numbered and signed the batch, then the gateway died before the write
     seq, record = gw.outbox.open_batch(
         items[0][0], items[-1][0],
-        lambda s: json.dumps(gw.forwarder.provenance.record(s, [r for _, r in items]).to_json()))
+        lambda s: json.dumps(gw.forwarder._record(s, items, None).to_json()))
     again = Gateway(fleet.keyring(), store, tmp_path / "gw", gateway_id="gw-test")
     assert again.forwarder.drain_once() == 27
     assert again.outbox.depth() == 0
