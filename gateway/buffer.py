@@ -23,7 +23,6 @@ rejection counters change in one transaction, so after a crash they agree.
 from __future__ import annotations
 
 import json
-from math import isfinite
 import os
 import shutil
 import sqlite3
@@ -32,6 +31,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from contextlib import contextmanager
+from math import isfinite
 from pathlib import Path
 
 from firmware.protocol import ReplayWindow

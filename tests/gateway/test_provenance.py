@@ -21,9 +21,9 @@ from gateway.provenance import (
     ProvenanceRecord,
     load_public_key,
     make_record,
-    reading_line,
     read_local,
     read_victoriametrics,
+    reading_line,
     verify_batches,
 )
 from simulators.fleet import SimFleet
