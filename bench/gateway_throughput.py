@@ -6,7 +6,9 @@ started here on loopback (the test fixtures' classes), each beside a baseline:
    the same broker with the same publishers; readings lost are counted;
 3. draining 1,000,000 buffered readings into VictoriaMetrics, beside a bare
    influxdb-client loop of gzip'd 5,000-line batches;
-4. the gateway's peak RSS (each gateway measurement runs in a fresh child process).
+4. the gateway's peak RSS: each gateway measurement runs in a fresh process that holds
+   the gateway and nothing else of the bench — frames, publishers, subscribers and the
+   backlog's making live in other processes, as they would on a lamppost.
 
 Bounded in count and time; prints figures, gates nothing.  Last line: one JSON object.
 
@@ -27,15 +29,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import paho.mqtt.client as mqtt  # noqa: E402
-
-from gateway.forward import line_protocol  # noqa: E402
-from gateway.model import Envelope, Reading  # noqa: E402
-from hardware.sites import load_placements  # noqa: E402
-from simulators.fleet import SimFleet  # noqa: E402
+# Only the standard library at module level: gateway processes are spawned fresh and import
+# this module, so what they hold is the gateway's.
 
 
-def fleet_frames(rounds: int, t0: int, seed: int = 1) -> tuple[SimFleet, list[tuple[str, bytes]]]:
+def fleet_frames(rounds: int, t0: int, seed: int = 1):
+    from hardware.sites import load_placements
+    from simulators.fleet import SimFleet
+
     fleet = SimFleet(load_placements(), seed=seed, status_every=0)
     frames = []
     for r in range(rounds):
@@ -44,33 +45,61 @@ def fleet_frames(rounds: int, t0: int, seed: int = 1) -> tuple[SimFleet, list[tu
 
 
 def peak_rss_mb() -> float:
+    """This process's peak resident set (VmHWM).  Not getrusage's ru_maxrss: Linux carries
+    that over from the forked parent into an exec'd child, so a fresh child would report
+    the bench's own peak."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def spawn(target, *args) -> tuple[mp.Process, object]:
+    """`target(*args, conn)` in a fresh interpreter (spawn: nothing inherited, so its RSS
+    is its own); returns the process and our end of the pipe."""
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    p = ctx.Process(target=target, args=(*args, child))
+    p.start()
+    return p, parent
+
+
+def in_child(target, *args) -> dict:
+    p, conn = spawn(target, *args)
+    result = conn.recv()
+    p.join(600)
+    return result
 
 
 # -- 1. core -----------------------------------------------------------------------------------
 
 
-def core_child(rounds: int, out) -> None:
+def core_child(keyring_path: str, frames: list[tuple[str, bytes]], t0: int, out) -> None:
+    from fleet.keyring import Keyring
     from gateway.forward.local import LocalStore
+    from gateway.model import Envelope
     from gateway.pipeline import Gateway
 
-    t0 = int(time.time()) - 86400
-    fleet, frames = fleet_frames(rounds, t0)
-    envs = [Envelope("mqtt", topic, f, t0) for topic, f in frames]
     with tempfile.TemporaryDirectory() as d:
-        gw = Gateway(fleet.keyring(), LocalStore(f"{d}/s.sqlite"), f"{d}/gw")
+        gw = Gateway(Keyring.load(keyring_path), LocalStore(f"{d}/s.sqlite"), f"{d}/gw")
         start = time.perf_counter()
-        for i in range(0, len(envs), 2000):
-            gw.process(envs[i:i + 2000])
+        for i in range(0, len(frames), 2000):
+            gw.process([Envelope("mqtt", topic, f, t0) for topic, f in frames[i:i + 2000]])
         elapsed = time.perf_counter() - start
         gw.stop(0)
-    out.send({"core_readings_per_s": len(envs) / elapsed, "core_rss_mb": peak_rss_mb()})
+    out.send({"core_readings_per_s": len(frames) / elapsed, "core_rss_mb": peak_rss_mb()})
 
 
 # -- 2. end to end -----------------------------------------------------------------------------
 
 
 def publish(host: str, port: int, frames, client_id: str) -> None:
+    import paho.mqtt.client as mqtt
+
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
     c.max_inflight_messages_set(1000)
     c.connect(host, port)
@@ -82,26 +111,32 @@ def publish(host: str, port: int, frames, client_id: str) -> None:
     c.loop_stop()
 
 
-def publish_parallel(host, port, frames, n_publishers, tag) -> None:
-    """Each node's frames go through one publisher, in order, as a node sends them."""
+def publishers(host, port, frames, n_publishers, tag, ready, go, out) -> None:
+    """The publishers, in a process of their own: each node's frames through one
+    publisher, in order, as a node sends them."""
     nodes = sorted({topic for topic, _ in frames})
     share = {topic: i % n_publishers for i, topic in enumerate(nodes)}
     parts = [[(t, f) for t, f in frames if share[t] == i] for i in range(n_publishers)]
     threads = [threading.Thread(target=publish, args=(host, port, parts[i], f"{tag}-{i}"))
                for i in range(n_publishers)]
+    ready.set()
+    go.wait(60)
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    out.send({"published": len(frames)})
 
 
-def baseline_subscriber_rate(host, port, frames, n_publishers) -> float:
+def bare_subscriber(host, port, n, ready, out) -> None:
+    import paho.mqtt.client as mqtt
+
     got = [0]
     done = threading.Event()
 
     def on_message(client, userdata, msg):
         got[0] += 1
-        if got[0] >= len(frames):
+        if got[0] >= n:
             done.set()
 
     sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-bare-sub")
@@ -111,46 +146,62 @@ def baseline_subscriber_rate(host, port, frames, n_publishers) -> float:
     sub.subscribe("dordt/v1/+/+/up", qos=1)
     sub.loop_start()
     time.sleep(0.5)
-    start = time.perf_counter()
-    publish_parallel(host, port, frames, n_publishers, "bench-base")
-    done.wait(120)
-    elapsed = time.perf_counter() - start
+    ready.set()
+    done.wait(300)
+    done_at = time.perf_counter()  # CLOCK_MONOTONIC: one clock for every process
     sub.disconnect()
     sub.loop_stop()
-    return got[0] / elapsed
+    out.send({"got": got[0], "done_at": done_at})
 
 
-def e2e_child(host, port, vm_url, rounds, n_publishers, out) -> None:
+def e2e_child(host, port, vm_url, keyring_path, n, ready, out) -> None:
+    from fleet.keyring import Keyring
     from gateway.forward.influx import InfluxStore
     from gateway.pipeline import Gateway
 
-    t0 = int(time.time()) - 7 * 86400
-    fleet, frames = fleet_frames(rounds, t0, seed=2)
     with tempfile.TemporaryDirectory() as d:
-        gw = Gateway(fleet.keyring(), InfluxStore(vm_url), f"{d}/gw", f"mqtt://{host}:{port}",
-                     client_id="bench-gateway")
+        gw = Gateway(Keyring.load(keyring_path), InfluxStore(vm_url), f"{d}/gw",
+                     f"mqtt://{host}:{port}", client_id="bench-gateway")
         gw.start()
         gw.ingest.wait_connected(10)
         time.sleep(0.5)
-        start = time.perf_counter()
-        publish_parallel(host, port, frames, n_publishers, "bench-e2e")
+        ready.set()
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
-            c = gw.outbox.counters()
-            if c.get("forwarded", 0) >= len(frames):
+            if gw.outbox.counters().get("forwarded", 0) >= n:
                 break
-            time.sleep(0.02)
-        elapsed = time.perf_counter() - start
+            time.sleep(0.01)
+        done_at = time.perf_counter()
         forwarded = gw.outbox.counters().get("forwarded", 0)
         gw.stop(5)
-    out.send({"e2e_readings_per_s": forwarded / elapsed, "e2e_sent": len(frames),
-              "e2e_forwarded": forwarded, "e2e_rss_mb": peak_rss_mb()})
+    out.send({"got": forwarded, "done_at": done_at, "rss_mb": peak_rss_mb()})
+
+
+def receiver_rate(receiver, receiver_args, host, port, frames, n_publishers, tag) -> dict:
+    """Start the receiver and the publishers (separate processes), then time from the
+    go until the receiver has everything."""
+    ctx = mp.get_context("spawn")
+    ready, pub_ready, go = ctx.Event(), ctx.Event(), ctx.Event()
+    rp, rconn = spawn(receiver, *receiver_args, ready)
+    pp, pconn = spawn(publishers, host, port, frames, n_publishers, tag, pub_ready, go)
+    ready.wait(60)
+    pub_ready.wait(60)
+    start = time.perf_counter()
+    go.set()
+    result = rconn.recv()
+    pconn.recv()
+    pp.join(60)
+    rp.join(60)
+    result["rate"] = result["got"] / (result["done_at"] - start)
+    return result
 
 
 # -- 3. drain ----------------------------------------------------------------------------------
 
 
-def readings(n: int, t0: int, start: int = 0) -> list[Reading]:
+def readings(n: int, t0: int, start: int = 0):
+    from gateway.model import Reading
+
     out = []
     for i in range(start, start + n):
         node = i % 1000
@@ -161,33 +212,45 @@ def readings(n: int, t0: int, start: int = 0) -> list[Reading]:
     return out
 
 
-def drain_child(vm_url: str, n: int, out) -> None:
+def build_backlog(path: str, n: int, t0: int, out) -> None:
+    """A gateway's outbox holding `n` readings (as after a long store outage)."""
+    from gateway.buffer import Outbox
+
+    box = Outbox(path)
+    for i in range(0, n, 20_000):
+        box.commit(readings(min(20_000, n - i), t0, i), {})
+    box.close()
+    out.send({})
+
+
+def drain_child(path: str, vm_url: str, out) -> None:
+    """A gateway restarting on that outbox: drain it into the store."""
     from gateway.buffer import Outbox
     from gateway.forward.forwarder import Forwarder, Provenance
     from gateway.forward.influx import InfluxStore
     from gateway.provenance import AuditLog, GatewayIdentity
 
-    t0 = int(time.time()) - 20 * 86400
-    with tempfile.TemporaryDirectory() as d:
-        box = Outbox(f"{d}/outbox.sqlite")
-        for i in range(0, n, 20_000):  # made a chunk at a time: RSS is the gateway's, not ours
-            box.commit(readings(min(20_000, n - i), t0, i), {})
-        prov = Provenance(GatewayIdentity.load_or_create(d, "bench-gw"), AuditLog(f"{d}/a.log"))
-        fwd = Forwarder(box, InfluxStore(vm_url, timeout_s=30), provenance=prov)
-        start = time.perf_counter()
-        sent = 0
-        while True:
-            k = fwd.drain_once()
-            if not k:
-                break
-            sent += k
-        elapsed = time.perf_counter() - start
+    d = str(Path(path).parent)
+    box = Outbox(path)
+    prov = Provenance(GatewayIdentity.load_or_create(d, "bench-gw"), AuditLog(f"{d}/a.log"))
+    fwd = Forwarder(box, InfluxStore(vm_url, timeout_s=30), provenance=prov)
+    start = time.perf_counter()
+    sent = 0
+    while True:
+        k = fwd.drain_once()
+        if not k:
+            break
+        sent += k
+    elapsed = time.perf_counter() - start
+    box.close()
     out.send({"drain_1m_s": elapsed, "drain_sent": sent, "drain_rss_mb": peak_rss_mb()})
 
 
 def drain_baseline(vm_url: str, n: int) -> float:
     from influxdb_client import InfluxDBClient, WritePrecision
     from influxdb_client.client.write_api import SYNCHRONOUS
+
+    from gateway.forward import line_protocol
 
     t0 = int(time.time()) - 30 * 86400
     lines = [line_protocol(r) for r in readings(n, t0)]
@@ -202,15 +265,6 @@ def drain_baseline(vm_url: str, n: int) -> float:
     return elapsed
 
 
-def in_child(target, *args) -> dict:
-    parent, child = mp.Pipe()
-    p = mp.get_context("fork").Process(target=target, args=(*args, child))
-    p.start()
-    result = parent.recv()
-    p.join(600)
-    return result
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="smaller counts (for a smoke run)")
@@ -219,43 +273,51 @@ def main() -> None:
 
     core_rounds, e2e_rounds, drain_n = (200, 100, 100_000) if args.quick else (2000, 1000,
                                                                                1_000_000)
-    publishers = 4
-    result: dict[str, float | int] = {}
-    core = in_child(core_child, core_rounds)
-    print(f"core pipeline: {core['core_readings_per_s']:,.0f} readings/s on one core "
-          f"({core_rounds * 27:,} readings)")
+    n_pub = 4
     with tempfile.TemporaryDirectory() as work:
+        t0 = int(time.time()) - 86400
+        fleet, frames = fleet_frames(core_rounds, t0)
+        keyring_path = f"{work}/keyring.json"
+        fleet.keyring().save(keyring_path)
+        core = in_child(core_child, keyring_path, frames, t0)
+        print(f"core pipeline: {core['core_readings_per_s']:,.0f} readings/s on one core "
+              f"({len(frames):,} readings)")
         broker = Mosquitto(Path(work) / "mosquitto")
         vm = VictoriaMetrics(Path(work) / "vm")
         broker.start()
         vm.start()
         try:
-            n_e2e = e2e_rounds * 27
-            _, frames = fleet_frames(e2e_rounds, int(time.time()) - 8 * 86400, seed=3)
-            base = baseline_subscriber_rate(broker.host, broker.port, frames, publishers)
-            print(f"bare paho QoS 1 subscriber: {base:,.0f} messages/s ({n_e2e:,} messages, "
-                  f"{publishers} publishers)")
-            e2e = in_child(e2e_child, broker.host, broker.port, vm.url, e2e_rounds, publishers)
-            lost = e2e["e2e_sent"] - e2e["e2e_forwarded"]
-            print(f"end to end MQTT QoS 1 → gateway → VictoriaMetrics: "
-                  f"{e2e['e2e_readings_per_s']:,.0f} readings/s "
-                  f"({e2e['e2e_readings_per_s'] / base:.0%} of the bare subscriber), "
+            host, port = broker.host, broker.port
+            fleet, frames = fleet_frames(e2e_rounds, int(time.time()) - 8 * 86400, seed=3)
+            fleet.keyring().save(keyring_path)
+            base = receiver_rate(bare_subscriber, (host, port, len(frames)), host, port,
+                                 frames, n_pub, "bench-base")
+            print(f"bare paho QoS 1 subscriber: {base['rate']:,.0f} messages/s "
+                  f"({len(frames):,} messages, {n_pub} publishers in another process)")
+            _, frames = fleet_frames(e2e_rounds, int(time.time()) - 7 * 86400, seed=3)
+            e2e = receiver_rate(e2e_child, (host, port, vm.url, keyring_path, len(frames)),
+                                host, port, frames, n_pub, "bench-e2e")
+            lost = len(frames) - e2e["got"]
+            print(f"end to end MQTT QoS 1 → gateway → VictoriaMetrics: {e2e['rate']:,.0f} "
+                  f"readings/s ({e2e['rate'] / base['rate']:.0%} of the bare subscriber), "
                   f"lost {lost}")
             drain_base = drain_baseline(vm.url, drain_n)
-            drain = in_child(drain_child, vm.url, drain_n)
+            backlog = f"{work}/drain/outbox.sqlite"
+            in_child(build_backlog, backlog, drain_n, int(time.time()) - 20 * 86400)
+            drain = in_child(drain_child, backlog, vm.url)
             print(f"drain {drain_n:,} buffered readings: {drain['drain_1m_s']:.2f} s "
                   f"(bare influxdb-client loop of 5,000-line gzip batches: {drain_base:.2f} s)")
         finally:
             broker.stop()
             vm.stop()
-    rss = max(core["core_rss_mb"], e2e["e2e_rss_mb"], drain["drain_rss_mb"])
+    rss = max(core["core_rss_mb"], e2e["rss_mb"], drain["drain_rss_mb"])
     print(f"peak RSS of the gateway processes: {rss:.0f} MB "
-          f"(core {core['core_rss_mb']:.0f}, e2e {e2e['e2e_rss_mb']:.0f}, "
+          f"(core {core['core_rss_mb']:.0f}, e2e {e2e['rss_mb']:.0f}, "
           f"drain {drain['drain_rss_mb']:.0f})")
     result = {
         "core_readings_per_s": round(core["core_readings_per_s"]),
-        "e2e_readings_per_s": round(e2e["e2e_readings_per_s"]),
-        "baseline_readings_per_s": round(base),
+        "e2e_readings_per_s": round(e2e["rate"]),
+        "baseline_readings_per_s": round(base["rate"]),
         "lost": lost,
         "drain_1m_s": round(drain["drain_1m_s"], 2),
         "drain_baseline_s": round(drain_base, 2),
