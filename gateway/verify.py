@@ -112,6 +112,9 @@ class Verifier:
             pos += 2
             if b < 0x80:
                 z = b
+            elif pos < end and 0 < data[pos] < 0x80:  # two bytes: most values
+                z = (b & 0x7F) | data[pos] << 7
+                pos += 1
             else:
                 z = b & 0x7F
                 shift = 7
@@ -128,9 +131,12 @@ class Verifier:
                     shift += 7
             raw = -((z + 1) >> 1) if z & 1 else z >> 1
             spec = allowed.get(metric_id)
-            if spec is None or not spec[2] <= raw <= spec[3]:
+            if spec is None:
                 return None
-            fields[spec[0]] = raw / spec[1]
+            name, divisor, lo, hi = spec
+            if not lo <= raw <= hi:
+                return None
+            fields[name] = raw / divisor
         if pos != end:
             return None
         signed = data[:end]
