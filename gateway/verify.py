@@ -89,8 +89,8 @@ class Verifier:
             cached = self._prepare(node_id, key_id)
             if cached is None:
                 return None
-        inner, outer, entry, name, kind_id, tables = cached
-        if kind != kind_id:
+        inner, outer, entry, node, kind_id, tables = cached
+        if kind != kind_id or entry.revoked:  # revoke() marks the entry in place
             return None
         topic = env.topic
         if topic and self._topics.get(topic) != node_id:
@@ -133,10 +133,10 @@ class Verifier:
             spec = allowed.get(metric_id)
             if spec is None:
                 return None
-            name, divisor, lo, hi = spec
+            metric_name, divisor, lo, hi = spec
             if not lo <= raw <= hi:
                 return None
-            fields[name] = raw / divisor
+            fields[metric_name] = raw / divisor
         if pos != end:
             return None
         signed = data[:end]
@@ -152,7 +152,7 @@ class Verifier:
         window.accept(counter)
         self.dirty.add(node_id)
         synced = not flags & _FLAG_TIME_UNSYNCED
-        return Reading(name, entry.kind, entry.zone, entry.site, counter,
+        return Reading(node, entry.kind, entry.zone, entry.site, counter,
                        ts if synced else int(env.received_s or self.clock()), window_s, fields,
                        bool(flags & _FLAG_STATUS), not synced)
 
