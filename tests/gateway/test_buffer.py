@@ -77,3 +77,66 @@ def test_a_full_disk_evicts_instead_of_failing_and_raises_an_alert(tmp_path):
     assert gw.outbox.counters()["evicted.disk_full"] > 0
     newest = max(r.time_s for _, r in gw.outbox.peek(100_000))
     assert newest == t - 10
+
+
+def test_an_outbox_of_the_earlier_layout_is_migrated_without_losing_a_reading(tmp_path):
+    import json
+    import sqlite3
+
+    path = tmp_path / "outbox.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE outbox (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            node TEXT NOT NULL, kind TEXT NOT NULL, zone TEXT NOT NULL, site TEXT NOT NULL,
+            counter INTEGER NOT NULL, time_s INTEGER NOT NULL, window_s INTEGER NOT NULL,
+            status INTEGER NOT NULL, estimated INTEGER NOT NULL, fields TEXT NOT NULL);
+        CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+        INSERT INTO counters VALUES ('accepted', 3);
+    """)
+    old = readings(3)
+    with db:
+        db.executemany(
+            "INSERT INTO outbox (node, kind, zone, site, counter, time_s, window_s, status,"
+            " estimated, fields) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            [(r.node, r.kind, r.zone, r.site, r.counter, r.time_s, r.window_s, i == 2, 0,
+              json.dumps(r.fields)) for i, r in enumerate(old)])
+    db.close()
+    box = Outbox(path)
+    assert box.depth() == 3 and box.counters() == {"accepted": 3}
+    back = [r for _, r in box.peek(10)]
+    assert [(r.node, r.time_s, r.fields, r.status) for r in back] == \
+        [(r.node, r.time_s, r.fields, i == 2) for i, r in enumerate(old)]
+    store = LocalStore(tmp_path / "store.sqlite")
+    assert Forwarder(box, store).drain_once() == 3
+    assert store.count_by(("zone",)) == {("spoorzone",): 2}
+    assert store.count_by(("zone",), status=True) == {("spoorzone",): 1}
+    box.close()
+    assert Outbox(path).depth() == 0  # opening it again migrates nothing twice
+
+
+def test_readings_leave_in_batches_of_one_policy_and_each_record_names_its_own(tmp_path):
+    import json
+
+    from gateway.forward.forwarder import Provenance
+    from gateway.provenance import AuditLog, GatewayIdentity
+
+    box = Outbox(tmp_path / "outbox.sqlite")
+    box.note_policy(1, bytes([1]) * 32)
+    box.commit(readings(4), {}, policy=1)
+    # the gateway restarts with policy 2 while those four are still buffered
+    box.note_policy(2, bytes([2]) * 32)
+    box.commit(readings(3, t0=T0 + 1000), {}, policy=2)
+    try:
+        box.note_policy(2, bytes([9]) * 32)
+    except ValueError as exc:
+        assert "new version" in str(exc)
+    else:
+        raise AssertionError("a changed policy under an old version number was accepted")
+    audit = AuditLog(tmp_path / "audit.log")
+    prov = Provenance(GatewayIdentity.load_or_create(tmp_path, "gw"), audit, 2, bytes([2]) * 32)
+    fwd = Forwarder(box, LocalStore(tmp_path / "store.sqlite"), provenance=prov)
+    assert [fwd.drain_once(), fwd.drain_once(), fwd.drain_once()] == [4, 3, 0]
+    records = [json.loads(line)["record"] for line in audit.path.read_text().splitlines()]
+    assert [(r["count"], r["policy_version"], r["policy_hash"]) for r in records] == [
+        (4, 1, "01" * 32), (3, 2, "02" * 32)]
