@@ -88,7 +88,9 @@ class Gateway:
                                                          self.anonymiser.policy_version,
                                                          self.anonymiser.policy_digest))
         self.store = store
-        self.queue: queue.Queue[Envelope] = queue.Queue()
+        # SimpleQueue: put and get in C, no Condition per item (MQTT's network thread and
+        # the processing thread each touch every frame once)
+        self.queue: queue.SimpleQueue[Envelope] = queue.SimpleQueue()
         self.ingest = (MqttIngest(broker_url, self.queue, client_id, tls=broker_tls)
                        if broker_url else None)
         # links without acks (serial, BLE): started and stopped beside MQTT

@@ -92,7 +92,7 @@ def quiet_chatty_loggers() -> None:
 class BleIngest:
     def __init__(
         self,
-        out: queue.Queue[Envelope],
+        out: queue.Queue[Envelope] | queue.SimpleQueue[Envelope],
         *,
         adapter: str | None = None,
         scanning_mode: str = "active",

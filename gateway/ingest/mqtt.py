@@ -58,7 +58,8 @@ def uses_tls(url: str) -> bool:
 
 
 class MqttIngest:
-    def __init__(self, broker_url: str, out: queue.Queue[Envelope], client_id: str,
+    def __init__(self, broker_url: str,
+                 out: queue.Queue[Envelope] | queue.SimpleQueue[Envelope], client_id: str,
                  topic: str = SUBSCRIPTION, tls: MqttTls | None = None):
         self.host, self.port = parse_broker_url(broker_url)
         if uses_tls(broker_url) != (tls is not None):

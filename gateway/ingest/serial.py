@@ -99,7 +99,7 @@ class SerialIngest:
     def __init__(
         self,
         port: str,
-        out: queue.Queue[Envelope],
+        out: queue.Queue[Envelope] | queue.SimpleQueue[Envelope],
         baudrate: int = 115200,
         *,
         read_timeout_s: float = 0.2,
