@@ -29,11 +29,11 @@ apt:
 lint: $(TEST_STAMP)
 	$(VENV)/bin/ruff check .
 
-$(VENV_STAMP): pyproject.toml scripts/ensure-venv.sh
+$(VENV_STAMP): pyproject.toml setup.py gateway/_speedups.c scripts/ensure-venv.sh
 	@scripts/ensure-venv.sh "$(PYTHON)" "$(VENV)" ""
 	@touch $@
 
-$(TEST_STAMP): pyproject.toml scripts/ensure-venv.sh
+$(TEST_STAMP): pyproject.toml setup.py gateway/_speedups.c scripts/ensure-venv.sh
 	@scripts/ensure-venv.sh "$(PYTHON)" "$(VENV)" "[test]"
 	@touch $(VENV_STAMP) $@
 

@@ -39,6 +39,9 @@ class Reading:
     fields: dict[str, float] = field(hash=False)
     status: bool = False  # a status frame (uptime, heap, ...) rather than a measurement
     time_estimated: bool = False  # node had no clock: the gateway stamped it on receipt
+    # `fields` as line-protocol text, when verify made it on the way (forward.line_head);
+    # a stage that changes the fields makes a new Reading, which starts without it
+    text: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def measurement(self) -> str:

@@ -12,6 +12,7 @@ fails, so a reading that never became durable is not later refused as a replay.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from hmac import compare_digest as _compare_digest
@@ -96,8 +97,15 @@ class Verifier:
         if topic and self._topics.get(topic) != node_id:
             return None  # a topic not seen yet, or another node's: _check parses it
         # metrics: ascending ids, minimal zigzag varints, each allowed and in range
-        allowed = tables[flags & _FLAG_STATUS]
+        allowed, table_c = tables[flags & _FLAG_STATUS]
         end = n - _TAG_LEN
+        if table_c is not None:  # the same, compiled, with the line-protocol text
+            got = _metrics_c(data, count, table_c)
+            if got is None:
+                return None
+            fields, text = got
+            return self._signed_fresh(data, end, inner, outer, node_id, counter, flags, ts,
+                                      window_s, env, entry, node, fields, text)
         pos = _HEADER_LEN
         last = -1
         fields = {}
@@ -139,9 +147,14 @@ class Verifier:
             fields[metric_name] = raw / divisor
         if pos != end:
             return None
-        signed = data[:end]
+        return self._signed_fresh(data, end, inner, outer, node_id, counter, flags, ts,
+                                  window_s, env, entry, node, fields, None)
+
+    def _signed_fresh(self, data, end, inner, outer, node_id, counter, flags, ts, window_s,
+                      env, entry, node, fields, text) -> Reading | None:
+        """The fast path's last steps: the tag, then the replay window."""
         h = inner.copy()
-        h.update(signed)
+        h.update(data[:end])
         tag = outer.copy()
         tag.update(h.digest())
         if not _compare_digest(tag.digest()[:_TAG_LEN], data[end:]):
@@ -154,7 +167,7 @@ class Verifier:
         synced = not flags & _FLAG_TIME_UNSYNCED
         return Reading(node, entry.kind, entry.zone, entry.site, counter,
                        ts if synced else int(env.received_s or self.clock()), window_s, fields,
-                       bool(flags & _FLAG_STATUS), not synced)
+                       bool(flags & _FLAG_STATUS), not synced, text)
 
     def _prepare(self, node_id: int, key_id: int):
         """What the fast path needs of a (node, key id), when the node may send."""
@@ -166,7 +179,7 @@ class Verifier:
             return None
         kind_id = entry.kind_id
         cached = (key._inner, key._outer, entry, protocol.node_name(node_id), kind_id,
-                  {0: _ALLOWED[(kind_id, False)], _FLAG_STATUS: _ALLOWED[(kind_id, True)]})
+                  {0: _TABLES[(kind_id, False)], _FLAG_STATUS: _TABLES[(kind_id, True)]})
         if len(self._nodes) < 100_000:
             self._nodes[(node_id, key_id)] = cached
         return cached
@@ -267,6 +280,35 @@ def _allowed_table(kind_id: int, status: bool) -> dict[int, tuple[str, float, in
 
 _ALLOWED = {(kind, status): _allowed_table(kind, status)
             for kind in range(256) for status in (False, True)}
+
+# The compiled metric decoder (gateway/_speedups.c), when the install could build it; the
+# Python loop in Verifier._fast does the same.  DORDT_PURE_PYTHON=1 turns it off.
+try:
+    if os.environ.get("DORDT_PURE_PYTHON"):
+        raise ImportError("DORDT_PURE_PYTHON is set")
+    from gateway import _speedups
+
+    _metrics_c = _speedups.metrics
+except ImportError:
+    _speedups = None
+    _metrics_c = None
+
+
+def _c_table(allowed):
+    if _speedups is None:
+        return None
+    return _speedups.table([(i, name, div, lo, hi) for i, (name, div, lo, hi) in allowed.items()])
+
+
+# (kind id, status) -> (the Python table, the compiled one or None), built on first use
+class _Tables(dict):
+    def __missing__(self, key):
+        allowed = _ALLOWED[key]
+        value = self[key] = (allowed, _c_table(allowed))
+        return value
+
+
+_TABLES = _Tables()
 
 
 def _metric_problem(metric, metric_id: int, raw: int, frame, kind_id: int) -> str | None:

@@ -57,6 +57,8 @@ def line_head(reading) -> str:
             prefix = _PREFIXES[key] = _prefix(reading.measurement, reading.tags)
             if len(_PREFIXES) > 100_000:
                 _PREFIXES.clear()
+        if reading.text is not None:  # formatted by verify, on the way
+            return prefix + reading.text
     else:  # gap records, heartbeats, provenance points: few, and their tags vary
         prefix = _prefix(reading.measurement, reading.tags)
     fields = reading.fields
