@@ -545,7 +545,7 @@ class Anonymiser:
         noisy: list[int] = []
         requests = []
         for i, r in enumerate(readings):
-            if r.status:
+            if r.status or r.kind == "air":  # device health, air: no data about people
                 out[i] = r
                 continue
             zp = self.policy.for_zone(r.zone)
@@ -572,7 +572,7 @@ class Anonymiser:
                 else:
                     out[i] = _coarsen(r, r.fields, res)
             else:
-                out[i] = r  # air: no data about people
+                out[i] = r  # a kind without people data (none yet beside air)
         if noisy:
             # The spending is on disk before a single noisy value exists.
             grants = self.accountant.reserve(requests)

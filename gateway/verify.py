@@ -104,55 +104,50 @@ class Verifier:
             if got is None:
                 return None
             fields, text = got
-            return self._signed_fresh(data, end, inner, outer, node_id, counter, flags, ts,
-                                      window_s, env, entry, node, fields, text)
-        pos = _HEADER_LEN
-        last = -1
-        fields = {}
-        for _ in range(count):
-            if pos + 1 >= end:
-                return None
-            metric_id = data[pos]
-            if metric_id <= last:
-                return None
-            last = metric_id
-            b = data[pos + 1]
-            pos += 2
-            if b < 0x80:
-                z = b
-            elif pos < end and 0 < data[pos] < 0x80:  # two bytes: most values
-                z = (b & 0x7F) | data[pos] << 7
-                pos += 1
-            else:
-                z = b & 0x7F
-                shift = 7
-                while True:
-                    if pos >= end or shift > 28:
-                        return None
-                    b = data[pos]
+        else:
+            text = None
+            pos = _HEADER_LEN
+            last = -1
+            fields = {}
+            for _ in range(count):
+                if pos + 1 >= end:
+                    return None
+                metric_id = data[pos]
+                if metric_id <= last:
+                    return None
+                last = metric_id
+                b = data[pos + 1]
+                pos += 2
+                if b < 0x80:
+                    z = b
+                elif pos < end and 0 < data[pos] < 0x80:  # two bytes: most values
+                    z = (b & 0x7F) | data[pos] << 7
                     pos += 1
-                    z |= (b & 0x7F) << shift
-                    if b < 0x80:
-                        if b == 0 or (shift == 28 and b > 0x0F):
+                else:
+                    z = b & 0x7F
+                    shift = 7
+                    while True:
+                        if pos >= end or shift > 28:
                             return None
-                        break
-                    shift += 7
-            raw = -((z + 1) >> 1) if z & 1 else z >> 1
-            spec = allowed.get(metric_id)
-            if spec is None:
+                        b = data[pos]
+                        pos += 1
+                        z |= (b & 0x7F) << shift
+                        if b < 0x80:
+                            if b == 0 or (shift == 28 and b > 0x0F):
+                                return None
+                            break
+                        shift += 7
+                raw = -((z + 1) >> 1) if z & 1 else z >> 1
+                spec = allowed.get(metric_id)
+                if spec is None:
+                    return None
+                metric_name, divisor, lo, hi = spec
+                if not lo <= raw <= hi:
+                    return None
+                fields[metric_name] = raw / divisor
+            if pos != end:
                 return None
-            metric_name, divisor, lo, hi = spec
-            if not lo <= raw <= hi:
-                return None
-            fields[metric_name] = raw / divisor
-        if pos != end:
-            return None
-        return self._signed_fresh(data, end, inner, outer, node_id, counter, flags, ts,
-                                  window_s, env, entry, node, fields, None)
-
-    def _signed_fresh(self, data, end, inner, outer, node_id, counter, flags, ts, window_s,
-                      env, entry, node, fields, text) -> Reading | None:
-        """The fast path's last steps: the tag, then the replay window."""
+        # the tag, then the replay window
         h = inner.copy()
         h.update(data[:end])
         tag = outer.copy()
