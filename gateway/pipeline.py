@@ -153,13 +153,17 @@ class Gateway:
 
     def process(self, envelopes: list[Envelope]) -> list[Reading | Rejected]:
         """Verify, anonymise and durably commit one group, then ack it."""
-        results = [self.verifier.check(env) for env in envelopes]
-        rejected = Counter(r.reason for r in results if isinstance(r, Rejected))
+        check = self.verifier.check
+        results = [check(env) for env in envelopes]
+        verified = [r for r in results if type(r) is Reading]
+        refused = [r for r in results if type(r) is not Reading] if len(verified) < len(
+            results) else []
+        rejected = Counter(r.reason for r in refused)
         moved = self.verifier.take_dirty()
         try:
             # Inside the try: if the accountant cannot record its spending, nothing of the
             # group is committed or acked, and its window moves are forgotten.
-            readings = self.anonymiser.apply([r for r in results if isinstance(r, Reading)])
+            readings = self.anonymiser.apply(verified)
             counts = Counter({"received": len(envelopes), "accepted": len(readings)})
             counts.update({f"rejected.{k}": v for k, v in rejected.items()})
             try:
@@ -186,7 +190,7 @@ class Gateway:
         self.stats.received += len(envelopes)
         self.stats.accepted += len(readings)
         self.stats.rejected.update(rejected)
-        for r in results:
+        for r in refused:
             if isinstance(r, Rejected):
                 self.stats.rejected_by_node[(r.node, r.reason)] += 1
                 log.info("rejected %s frame (%s): %s", r.source, r.reason, r.detail)
