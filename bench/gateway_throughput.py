@@ -316,11 +316,18 @@ def main() -> None:
         fleet, frames = fleet_frames(core_rounds, t0)
         keyring_path = f"{work}/keyring.json"
         fleet.keyring().save(keyring_path)
-        core = in_child(core_child, keyring_path, frames, t0)
+        # three fresh processes: this VM's speed wanders by up to 2x within a minute, so
+        # the best (timeit's advice: the others are the machine, not the code) and the
+        # median are both given, each run beside its own reference figures
+        runs = sorted((in_child(core_child, keyring_path, frames, t0) for _ in range(3)),
+                      key=lambda c: c["core_readings_per_s"])
+        core, median = runs[-1], runs[1]["core_readings_per_s"]
+        core["core_rss_mb"] = max(c["core_rss_mb"] for c in runs)
         rate, dv, ins = (core["core_readings_per_s"], core["decode_verify_per_s"],
                          core["inserts_per_s"])
-        print(f"core pipeline: {rate:,.0f} readings/s on one core ({len(frames):,} readings, "
-              f"{core['core_accepted']:,} accepted)")
+        print(f"core pipeline: {rate:,.0f} readings/s on one core, best of 3 runs (median "
+              f"{median:,.0f}; {len(frames):,} readings each, {core['core_accepted']:,} "
+              f"accepted)")
         print(f"  same process, just before: HMAC decode+verify alone {dv:,.0f}/s "
               f"(issue's reference machine ~440k), batched SQLite WAL inserts {ins:,.0f}/s "
               f"(~640k); the pipeline runs at {rate / dv:.0%} and {rate / ins:.0%} of them "
@@ -359,6 +366,7 @@ def main() -> None:
           f"drain {drain['drain_rss_mb']:.0f})")
     result = {
         "core_readings_per_s": round(core["core_readings_per_s"]),
+        "core_readings_per_s_median": round(median),
         "core_decode_verify_per_s": round(dv),
         "core_sqlite_inserts_per_s": round(ins),
         "e2e_readings_per_s": round(e2e["rate"]),
