@@ -354,12 +354,23 @@ class Outbox:
 
     # -- reader -------------------------------------------------------------------------
 
-    def peek_items(self, limit: int) -> list[Item]:
-        """The oldest `limit` readings, as the forwarder sends them."""
+    def peek_items(self, limit: int, after_id: int = 0) -> list[Item]:
+        """The oldest `limit` readings (with ids above `after_id`), as the forwarder sends
+        them."""
         with self._lock:
             return self._db.execute(
-                "SELECT id, time_s, policy, line FROM outbox ORDER BY id LIMIT ?",
-                (limit,)).fetchall()
+                "SELECT id, time_s, policy, line FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
+                (after_id, limit)).fetchall()
+
+    def open_batches(self) -> list[int]:
+        """Numbers of the batches opened and not yet closed, oldest first."""
+        with self._lock:
+            return [row[0] for row in self._db.execute("SELECT seq FROM batch ORDER BY seq")]
+
+    def open_batches_last_id(self) -> int:
+        """The last outbox id in any open batch (0: none): new batches start after it."""
+        with self._lock:
+            return self._pending_last_id()
 
     def peek(self, limit: int) -> list[tuple[int, Reading]]:
         """The oldest `limit` readings with their outbox ids, as Readings (for people and

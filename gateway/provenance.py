@@ -32,9 +32,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from firmware import metrics
 from fleet.files import write_file_atomic
-from gateway.forward import line_protocol
+from gateway.forward import fixed_point, line_protocol
 from gateway.model import Point, Reading
 
 MEASUREMENT = "provenance"
@@ -110,19 +109,9 @@ def canonical_line(measurement: str, tags: dict[str, str], time_s: int,
     so a store's float formatting cannot change the digest.  For what the gateway wrote,
     this is exactly the line it sent (values are raw / 10**-exp), so the forwarder digests
     the outbox's lines as they are and only the verifier normalises."""
-    values = {}
-    for name, value in fields.items():
-        if name == BATCH_FIELD:
-            continue
-        scale = _SCALE.get(name)
-        if scale is not None:  # metrics.to_raw_exp, inlined: round half away from zero
-            x = value * scale
-            value = (int(x + 0.5) if x >= 0 else -int(-x + 0.5)) / scale
-        values[name] = value
+    values = {name: fixed_point(name, value) for name, value in fields.items()
+              if name != BATCH_FIELD}
     return line_protocol(Point(measurement, tags, values, time_s))
-
-
-_SCALE = {m.name: 10 ** -m.exp for m in metrics.BY_ID.values() if m.exp <= 0}
 
 
 def batch_digest(lines: Iterable[str]) -> bytes:

@@ -19,6 +19,7 @@ import re
 from collections.abc import Sequence
 from typing import Protocol
 
+from firmware import metrics
 from gateway.model import Reading
 
 
@@ -59,6 +60,11 @@ def line_head(reading) -> str:
                 _PREFIXES.clear()
         if reading.text is not None:  # formatted by verify, on the way
             return prefix + reading.text
+        # A node's values are fixed-point (raw x 10^exp, docs/protocol.md §7): written as
+        # the nearest double to that, whatever arithmetic made them, so the text is the
+        # canonical one the provenance digest covers (provenance.canonical_line).
+        return prefix + ",".join(
+            [f"{k}={fixed_point(k, v)!r}" for k, v in sorted(reading.fields.items())])
     else:  # gap records, heartbeats, provenance points: few, and their tags vary
         prefix = _prefix(reading.measurement, reading.tags)
     fields = reading.fields
@@ -74,6 +80,21 @@ def line_protocol(reading) -> str:
 
 
 _PREFIXES: dict[tuple, str] = {}
+# registry metric name -> 10**-exp (values are raw / that)
+_SCALE = {m.name: 10 ** -m.exp for m in metrics.BY_ID.values() if m.exp <= 0}
+
+
+def fixed_point(name: str, value: float) -> float:
+    """`value` of metric `name` as the nearest double to its fixed-point step (raw /
+    10**-exp, raw rounded half away from zero, as metrics.to_raw_exp); other names, and
+    values that are not finite, as they are."""
+    scale = _SCALE.get(name)
+    if scale is None:
+        return float(value)
+    x = value * scale
+    if not -1e15 < x < 1e15:  # NaN or infinite: refused at commit, by the stores
+        return float(value)
+    return (int(x + 0.5) if x >= 0 else -int(-x + 0.5)) / scale
 
 
 def _prefix(measurement: str, tags: dict[str, str]) -> str:

@@ -14,7 +14,7 @@ from gateway.model import Point, Reading
 
 TAG = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), min_size=1,
               max_size=12)
-NAME = st.from_regex(r"[a-z][a-z0-9_]{0,15}", fullmatch=True)
+NAME = st.from_regex(r"x_[a-z0-9_]{0,12}", fullmatch=True)  # not registry metrics
 VALUE = st.floats(allow_nan=False, allow_infinity=False)
 
 
@@ -55,3 +55,12 @@ def test_a_line_of_anything_else_is_a_clear_error():
         else:
             raise AssertionError(f"{bad!r} parsed")
     assert math.isinf(parse_line("a,b=c f=inf 1")[2]["f"])  # the store refuses it, not us
+
+
+def test_a_registry_value_off_its_fixed_point_step_is_written_on_it():
+    # 10 + 1.12 is not the double nearest to 11.12; the line says 11.12, as the store and
+    # the provenance digest expect of a fixed-point metric (docs/protocol.md §7)
+    r = Reading("0a000001", "air", "z", "s", 1, 1_790_000_000, 10,
+                {"temperature_c": 10 + 1.12, "x_other": 10 + 1.12})
+    assert repr(10 + 1.12) == "11.120000000000001"
+    assert line_head(r).endswith(" temperature_c=11.12,x_other=11.120000000000001")

@@ -163,3 +163,46 @@ def test_verify_command(tmp_path):
     db.close()
     bad = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "readings differ" in bad.stdout
+
+
+def test_a_write_failing_while_the_next_batch_is_opened_ahead_loses_and_repeats_nothing(
+        tmp_path):
+    from gateway.buffer import Outbox
+    from gateway.forward import RetryableStoreError
+    from gateway.forward.forwarder import Forwarder, Provenance
+    from gateway.model import Reading
+    from gateway.provenance import AuditLog
+
+    t0 = 1_790_000_000
+    box = Outbox(tmp_path / "outbox.sqlite")
+    box.commit([Reading(f"0a{i % 7:06x}", "air", "spoorzone", "spz-01", i, t0 + i, 10,
+                        {"temperature_c": 10 + i / 100}) for i in range(1, 12_001)], {})
+    store = LocalStore(tmp_path / "store.sqlite")
+    writes = []
+    real_write = store.write_lines
+
+    def flaky(lines):  # the second request fails, the third after it succeeds
+        writes.append(len(lines))
+        if len(writes) == 2:
+            raise RetryableStoreError("the store went away")
+        real_write(lines)
+
+    store.write_lines = flaky
+    ident = GatewayIdentity.load_or_create(tmp_path, "gw-test")
+    fwd = Forwarder(box, store, batch_max=5000,
+                    provenance=Provenance(ident, AuditLog(tmp_path / "audit.log")))
+    assert fwd.drain_once() == 5000  # batch 1 sent, batch 2 opened ahead
+    with pytest.raises(RetryableStoreError):
+        fwd.drain_once()  # batch 2 fails; batch 3 was opened ahead meanwhile
+    assert box.open_batches() == [2, 3]
+    # the gateway restarts: the open batches go first, in order, then nothing is left
+    again = Forwarder(box, store, batch_max=5000,
+                      provenance=Provenance(ident, AuditLog(tmp_path / "audit.log")))
+    assert [again.drain_once() for _ in range(3)] == [5000, 2000, 0]
+    assert box.depth() == 0 and box.counters()["forwarded"] == 12_000
+    points = read_local(tmp_path / "store.sqlite", t0, t0 + 13_000)
+    report = verify_batches(points, load_public_key(tmp_path / "gateway.pub"), "gw-test")
+    assert report.ok and report.batches_ok == 3, report.problems
+    seqs = [json.loads(x)["record"]["seq"]
+            for x in (tmp_path / "audit.log").read_text().splitlines()]
+    assert seqs == [1, 2, 3]
