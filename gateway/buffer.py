@@ -405,10 +405,22 @@ class Outbox:
         return seq, record, items
 
     def close_batch(self, seq: int, ids: list[int]) -> None:
-        """The store has the batch: drop its readings and the batch, in one transaction."""
-        with self._lock, self._transaction() as db:
-            self._remove(db, ids, "forwarded")
-            db.execute("DELETE FROM batch WHERE seq = ?", (seq,))
+        """The store has the batch: drop its readings and the batch, in one transaction.
+
+        Without an fsync of its own (synchronous=NORMAL for this one commit): should a
+        power cut take it back, the batch is still open after the restart and is sent
+        again, the same batch with the same number and record, which leaves the store as
+        it was (same series and times) and the audit log too (it skips a number it has).
+        The next group commit's fsync makes it durable anyway.  One fsync less per batch
+        is a fifth of a backlog's drain time on an SD card."""
+        with self._lock:
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            try:
+                with self._transaction() as db:
+                    self._remove(db, ids, "forwarded")
+                    db.execute("DELETE FROM batch WHERE seq = ?", (seq,))
+            finally:
+                self._db.execute("PRAGMA synchronous=FULL")
 
     def abandon_batch(self, seq: int) -> None:
         """The store refused the batch for good; its readings stay, to be split."""

@@ -171,7 +171,7 @@ class Forwarder:
             if not items:
                 return 0
             batch = self._open(items)
-        writing = _Call(self.store.write_lines, batch.lines)
+        writing = _Call(self._write_and_log, batch)
         try:
             if len(batch.items) == self.batch_max:  # probably more behind it
                 after = self.outbox.open_batches_last_id()
@@ -186,9 +186,15 @@ class Forwarder:
             self.outbox.abandon_batch(batch.seq)
             self._split(batch.items, exc)
             return len(batch.items)
-        self.provenance.audit.append(batch.record, self.clock())
         self.outbox.close_batch(batch.seq, [item[0] for item in batch.items])
         return len(batch.items)
+
+    def _write_and_log(self, batch: _Batch) -> None:
+        """The store takes the batch, then the audit log records it (fsync'd) before the
+        batch is closed: on the writing thread, beside the next batch's preparation."""
+        assert self.provenance is not None
+        self.store.write_lines(batch.lines)
+        self.provenance.audit.append(batch.record, self.clock())
 
     def _open(self, items: list[Item]) -> _Batch:
         """Number a new batch and fix its signed record in the outbox, before sending:
