@@ -362,6 +362,47 @@ class Outbox:
                 "SELECT id, time_s, policy, line FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
                 (after_id, limit)).fetchall()
 
+    def span(self, limit: int, after_id: int = 0) -> tuple[int, int, int, int, int, int] | None:
+        """The next batch's extent: the oldest readings with ids above `after_id`, at most
+        `limit`, all of one policy version (a batch's record names its policy):
+        (first id, last id, count, first time, last time, policy), or None when there are
+        none.  A batch is a range of ids: readings are only ever added at the end."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, time_s, policy FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
+                (after_id, limit)).fetchall()
+        if not rows:
+            return None
+        policy = rows[0][2]
+        if rows[-1][2] != policy:
+            rows = rows[:next(i for i, row in enumerate(rows) if row[2] != policy)]
+        times = [row[1] for row in rows]
+        return rows[0][0], rows[-1][0], len(rows), min(times), max(times), policy
+
+    def span_lines(self, first_id: int, last_id: int) -> list[str]:
+        """The readings of ids first..last as complete lines, sorted (SQLite sorts text as
+        bytes, UTF-8, which is code point order, as Python's sorted): the provenance
+        digest's canonical lines."""
+        with self._lock:
+            return [row[0] for row in self._db.execute(
+                "SELECT line || ' ' || time_s FROM outbox WHERE id BETWEEN ? AND ?"
+                " ORDER BY 1", (first_id, last_id))]
+
+    def span_body(self, first_id: int, last_id: int, extra_field: str) -> list[str]:
+        """The readings of ids first..last as lines to send, each with `extra_field`
+        (",batch=7.0") added, made by SQLite in one pass."""
+        with self._lock:
+            body = self._db.execute(
+                "SELECT group_concat(line || ? || ' ' || time_s, char(10)) FROM outbox"
+                " WHERE id BETWEEN ? AND ?", (extra_field, first_id, last_id)).fetchone()[0]
+        return body.split("\n") if body else []
+
+    def span_items(self, first_id: int, last_id: int) -> list[Item]:
+        with self._lock:
+            return self._db.execute(
+                "SELECT id, time_s, policy, line FROM outbox WHERE id BETWEEN ? AND ?"
+                " ORDER BY id", (first_id, last_id)).fetchall()
+
     def open_batches(self) -> list[int]:
         """Numbers of the batches opened and not yet closed, oldest first."""
         with self._lock:
@@ -390,19 +431,13 @@ class Outbox:
             db.execute("INSERT INTO batch VALUES (?, ?, ?, ?)", (seq, first_id, last_id, record))
         return seq, record
 
-    def pending_batch(self) -> tuple[int, str, list[Item]] | None:
-        """The batch that was opened but not closed (the gateway stopped mid-send)."""
+    def pending_batch(self) -> tuple[int, str, int, int] | None:
+        """The oldest batch opened and not closed (the gateway stopped mid-send, or the
+        store failed): (seq, record, first id, last id)."""
         with self._lock:
-            row = self._db.execute(
-                "SELECT seq, first_id, last_id, record FROM batch ORDER BY seq LIMIT 1"
+            return self._db.execute(
+                "SELECT seq, record, first_id, last_id FROM batch ORDER BY seq LIMIT 1"
             ).fetchone()
-            if row is None:
-                return None
-            seq, first_id, last_id, record = row
-            items = self._db.execute(
-                "SELECT id, time_s, policy, line FROM outbox WHERE id BETWEEN ? AND ?"
-                " ORDER BY id", (first_id, last_id)).fetchall()
-        return seq, record, items
 
     def close_batch(self, seq: int, ids: list[int]) -> None:
         """The store has the batch: drop its readings and the batch, in one transaction.
@@ -421,6 +456,20 @@ class Outbox:
                     db.execute("DELETE FROM batch WHERE seq = ?", (seq,))
             finally:
                 self._db.execute("PRAGMA synchronous=FULL")
+
+    def close_span(self, seq: int, first_id: int, last_id: int) -> int:
+        """close_batch() for the batch of ids first..last; returns how many left."""
+        with self._lock:
+            self._db.execute("PRAGMA synchronous=NORMAL")  # see close_batch
+            try:
+                with self._transaction() as db:
+                    n = db.execute("DELETE FROM outbox WHERE id BETWEEN ? AND ?",
+                                   (first_id, last_id)).rowcount
+                    db.execute(_ADD_COUNTER, ("forwarded", n))
+                    db.execute("DELETE FROM batch WHERE seq = ?", (seq,))
+            finally:
+                self._db.execute("PRAGMA synchronous=FULL")
+        return n
 
     def abandon_batch(self, seq: int) -> None:
         """The store refused the batch for good; its readings stay, to be split."""

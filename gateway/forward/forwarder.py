@@ -55,7 +55,9 @@ class _Batch:
 
     seq: int
     record: ProvenanceRecord
-    items: list[Item]
+    first_id: int
+    last_id: int
+    count: int  # readings (lines holds them and the provenance point)
     lines: list[str]
 
 
@@ -151,43 +153,39 @@ class Forwarder:
     def _send_signed(self) -> int:
         """The oldest open batch (one a crash, a stop or a failed write left behind), else a
         new one; while the store takes it, the next batch is opened and made ready, so the
-        gateway's work and the store's overlap (a backlog drains about twice as fast)."""
+        gateway's work and the store's overlap."""
         assert self.provenance is not None
         ahead, self._ahead = self._ahead, None
-        open_seqs = self.outbox.open_batches()
-        if open_seqs:
-            if ahead is not None and ahead.seq == open_seqs[0]:
+        pending = self.outbox.pending_batch()
+        if pending is not None:
+            seq, record, first_id, last_id = pending
+            if ahead is not None and ahead.seq == seq:
                 batch = ahead
             else:
-                pending = self.outbox.pending_batch()
-                assert pending is not None
-                seq, record, items = pending
-                if not items:
+                batch = self._ready_span(seq, record, first_id, last_id)
+                if batch.count == 0:
                     self.outbox.abandon_batch(seq)
                     return 0
-                batch = self._ready(seq, record, items)
         else:
-            items = self._peek()
-            if not items:
+            span = self.outbox.span(self.batch_max)
+            if span is None:
                 return 0
-            batch = self._open(items)
+            batch = self._open_span(span)
         writing = _Call(self._write_and_log, batch)
         try:
-            if len(batch.items) == self.batch_max:  # probably more behind it
-                after = self.outbox.open_batches_last_id()
-                items = self._peek(after)
-                if items:
-                    self._ahead = self._open(items)
+            if batch.count == self.batch_max:  # probably more behind it
+                span = self.outbox.span(self.batch_max, self.outbox.open_batches_last_id())
+                if span is not None:
+                    self._ahead = self._open_span(span)
         finally:
             writing.join()
         try:
             writing.result()
         except PermanentStoreError as exc:
             self.outbox.abandon_batch(batch.seq)
-            self._split(batch.items, exc)
-            return len(batch.items)
-        self.outbox.close_batch(batch.seq, [item[0] for item in batch.items])
-        return len(batch.items)
+            self._split(self.outbox.span_items(batch.first_id, batch.last_id), exc)
+            return batch.count
+        return self.outbox.close_span(batch.seq, batch.first_id, batch.last_id)
 
     def _write_and_log(self, batch: _Batch) -> None:
         """The store takes the batch, then the audit log records it (fsync'd) before the
@@ -196,22 +194,38 @@ class Forwarder:
         self.store.write_lines(batch.lines)
         self.provenance.audit.append(batch.record, self.clock())
 
-    def _open(self, items: list[Item]) -> _Batch:
-        """Number a new batch and fix its signed record in the outbox, before sending:
-        a batch re-sent after a crash is then the same batch."""
-        policy = self._policy(items[0][2])  # outside open_batch: it holds the outbox
-        seq, record = self.outbox.open_batch(items[0][0], items[-1][0], lambda seq: json.dumps(
-            self._record(seq, items, policy).to_json()))
-        return self._ready(seq, record, items)
+    def _open_span(self, span: tuple[int, int, int, int, int, int]) -> _Batch:
+        """_open() for a span of the outbox, with the per-reading work done by SQLite."""
+        assert self.provenance is not None
+        first_id, last_id, _, first_s, last_s, policy_version = span
+        lines = self.outbox.span_lines(first_id, last_id)
+        policy = self._policy(policy_version)
+        seq, record = self.outbox.open_batch(first_id, last_id, lambda seq: json.dumps(
+            self.provenance.record(seq, lines, first_s, last_s,
+                                   *(policy or (None, None))).to_json()))
+        return self._ready_span(seq, record, first_id, last_id)
 
-    def _ready(self, seq: int, record_json: str, items: list[Item]) -> _Batch:
+    def _ready_span(self, seq: int, record_json: str, first_id: int, last_id: int) -> _Batch:
         record = ProvenanceRecord.from_json(json.loads(record_json))
         # the outbox's lines are the canonical lines (provenance.canonical_line), so the
         # batch field goes in only here, on the way out
+        lines = self.outbox.span_body(first_id, last_id, f",{BATCH_FIELD}={float(seq)!r}")
+        count = len(lines)
+        lines.append(line_protocol(record.to_point()))
+        return _Batch(seq, record, first_id, last_id, count, lines)
+
+    def _open(self, items: list[Item]) -> _Batch:
+        """Number a new batch of `items` and fix its signed record in the outbox, before
+        sending: a batch re-sent after a crash is then the same batch."""
+        policy = self._policy(items[0][2])  # outside open_batch: it holds the outbox
+        seq, record_json = self.outbox.open_batch(
+            items[0][0], items[-1][0],
+            lambda seq: json.dumps(self._record(seq, items, policy).to_json()))
+        record = ProvenanceRecord.from_json(json.loads(record_json))
         batch = f",{BATCH_FIELD}={float(seq)!r} "
         lines = [f"{head}{batch}{t}" for _, t, _, head in items]
         lines.append(line_protocol(record.to_point()))
-        return _Batch(seq, record, items, lines)
+        return _Batch(seq, record, items[0][0], items[-1][0], len(items), lines)
 
     def _send(self, items: list[Item]) -> None:
         """A batch of `items` now, synchronously (a split's halves, or no provenance)."""
