@@ -368,14 +368,19 @@ class Outbox:
         (first id, last id, count, first time, last time, policy), or None when there are
         none.  A batch is a range of ids: readings are only ever added at the end."""
         with self._lock:
+            first, last, n, first_s, last_s, low, high = self._db.execute(
+                "SELECT min(id), max(id), count(*), min(time_s), max(time_s), min(policy),"
+                " max(policy) FROM (SELECT id, time_s, policy FROM outbox WHERE id > ?"
+                " ORDER BY id LIMIT ?)", (after_id, limit)).fetchone()
+            if not n:
+                return None
+            if low == high:  # one policy: the common case, answered by SQLite alone
+                return first, last, n, first_s, last_s, low
             rows = self._db.execute(
                 "SELECT id, time_s, policy FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
                 (after_id, limit)).fetchall()
-        if not rows:
-            return None
         policy = rows[0][2]
-        if rows[-1][2] != policy:
-            rows = rows[:next(i for i, row in enumerate(rows) if row[2] != policy)]
+        rows = rows[:next(i for i, row in enumerate(rows) if row[2] != policy)]
         times = [row[1] for row in rows]
         return rows[0][0], rows[-1][0], len(rows), min(times), max(times), policy
 
