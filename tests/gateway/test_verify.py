@@ -177,6 +177,7 @@ def _fast_agrees_with_reference(data):
     fast = Verifier(_RING, clock=lambda: NOW + 0.5)
     ref = _Reference(_RING, clock=lambda: NOW + 0.5)
     previous = _FRAMES[0]
+    sent = []
     for topic, frame in _FRAMES:
         how = data.draw(st.integers(0, 9))
         if how == 1:  # one bit flipped
@@ -188,6 +189,8 @@ def _fast_agrees_with_reference(data):
             frame = frame[:data.draw(st.integers(0, len(frame) - 1))]
         elif how == 3:  # sent again
             topic, frame = previous
+        elif how == 7 and sent:  # an earlier one, late: reordered, replayed or too old
+            topic, frame = data.draw(st.sampled_from(sent))
         elif how == 4:  # on another node's topic
             topic = data.draw(st.sampled_from(_FRAMES))[0]
         elif how == 5:  # any metric section, signed with the node's key
@@ -208,6 +211,7 @@ def _fast_agrees_with_reference(data):
             body = body[:pos - 1] + bytes([body[pos - 1] | 0x80]) + longer + body[pos:]
             frame = _resigned(frame, body, n)
         previous = (topic, frame)
+        sent.append(previous)
         e = env(topic, frame)
         got = fast.check(e)
         assert got == ref.check(e)
