@@ -354,13 +354,12 @@ class Outbox:
 
     # -- reader -------------------------------------------------------------------------
 
-    def peek_items(self, limit: int, after_id: int = 0) -> list[Item]:
-        """The oldest `limit` readings (with ids above `after_id`), as the forwarder sends
-        them."""
+    def peek_items(self, limit: int) -> list[Item]:
+        """The oldest `limit` readings, as the forwarder sends them."""
         with self._lock:
             return self._db.execute(
-                "SELECT id, time_s, policy, line FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
-                (after_id, limit)).fetchall()
+                "SELECT id, time_s, policy, line FROM outbox ORDER BY id LIMIT ?",
+                (limit,)).fetchall()
 
     def span(self, limit: int, after_id: int = 0) -> tuple[int, int, int, int, int, int] | None:
         """The next batch's extent: the oldest readings with ids above `after_id`, at most

@@ -123,7 +123,8 @@ class Forwarder:
         if self.provenance is not None:
             sent = self._send_signed()
         else:
-            items = self._peek()
+            span = self.outbox.span(self.batch_max)
+            items = self.outbox.span_items(span[0], span[1]) if span else []
             self._send(items)
             sent = len(items)
         points = self.outbox.peek_points(self.batch_max)
@@ -139,16 +140,6 @@ class Forwarder:
         self.last_error = None
         self.last_success_s = self.clock()
         return sent + len(points)
-
-    def _peek(self, after_id: int = 0) -> list[Item]:
-        """The oldest readings after `after_id`, up to batch_max, all of one policy (a
-        batch's record names the policy its readings went through)."""
-        items = self.outbox.peek_items(self.batch_max, after_id)
-        if items:
-            policy = items[0][2]
-            if items[-1][2] != policy:
-                items = items[:next(i for i, it in enumerate(items) if it[2] != policy)]
-        return items
 
     def _send_signed(self) -> int:
         """The oldest open batch (one a crash, a stop or a failed write left behind), else a
