@@ -1,8 +1,10 @@
 """Buffer: verified readings → a durable SQLite outbox, until the store has them.
 
 In:  batches of Readings, with the replay windows and rejection counts they moved.
-Out: the oldest readings first, for the forwarder, as `Item`s: (outbox id, time_s, policy
-version, line head); deleted once the store has them.
+Out: the oldest readings first, for the forwarder: a batch is a span of outbox ids
+(span()), whose sorted canonical lines and whose body SQLite makes (span_lines(),
+span_body()); one by one as `Item`s (outbox id, time_s, policy version, line head) where
+a batch must be split.  Deleted once the store has them.
 
 Each reading is kept as the line-protocol text the store will get, without its
 timestamp (forward.line_head), formatted once on the way in: draining then formats and
@@ -17,7 +19,8 @@ Durability: WAL journal with synchronous=FULL.  The gateway acks the broker only
 commit() returns, so a power cut must not lose a committed transaction; FULL fsyncs the
 WAL at each commit (NORMAL could drop the last ones).  The cost is paid once per group
 commit, not per reading, which keeps SD cards alive.  Readings, replay windows and
-rejection counters change in one transaction, so after a crash they agree.
+rejection counters change in one transaction, so after a crash they agree.  The one
+commit without an fsync of its own is closing a forwarded batch (close_batch says why).
 """
 
 from __future__ import annotations
