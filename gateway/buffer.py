@@ -446,8 +446,9 @@ class Outbox:
                 "SELECT seq, record, first_id, last_id FROM batch ORDER BY seq LIMIT 1"
             ).fetchone()
 
-    def close_batch(self, seq: int, ids: list[int]) -> None:
-        """The store has the batch: drop its readings and the batch, in one transaction.
+    def close_batch(self, seq: int, first_id: int, last_id: int) -> int:
+        """The store has the batch of ids first..last: drop its readings and the batch, in
+        one transaction; returns how many readings left.
 
         Without an fsync of its own (synchronous=NORMAL for this one commit): should a
         power cut take it back, the batch is still open after the restart and is sent
@@ -457,17 +458,6 @@ class Outbox:
         is a fifth of a backlog's drain time on an SD card."""
         with self._lock:
             self._db.execute("PRAGMA synchronous=NORMAL")
-            try:
-                with self._transaction() as db:
-                    self._remove(db, ids, "forwarded")
-                    db.execute("DELETE FROM batch WHERE seq = ?", (seq,))
-            finally:
-                self._db.execute("PRAGMA synchronous=FULL")
-
-    def close_span(self, seq: int, first_id: int, last_id: int) -> int:
-        """close_batch() for the batch of ids first..last; returns how many left."""
-        with self._lock:
-            self._db.execute("PRAGMA synchronous=NORMAL")  # see close_batch
             try:
                 with self._transaction() as db:
                     n = db.execute("DELETE FROM outbox WHERE id BETWEEN ? AND ?",

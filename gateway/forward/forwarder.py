@@ -176,7 +176,7 @@ class Forwarder:
             self.outbox.abandon_batch(batch.seq)
             self._split(self.outbox.span_items(batch.first_id, batch.last_id), exc)
             return batch.count
-        return self.outbox.close_span(batch.seq, batch.first_id, batch.last_id)
+        return self.outbox.close_batch(batch.seq, batch.first_id, batch.last_id)
 
     def _write_and_log(self, batch: _Batch) -> None:
         """The store takes the batch, then the audit log records it (fsync'd) before the
@@ -238,7 +238,7 @@ class Forwarder:
             self._split(items, exc)
             return
         self.provenance.audit.append(batch.record, self.clock())
-        self.outbox.close_batch(batch.seq, [item[0] for item in items])
+        self.outbox.close_batch(batch.seq, batch.first_id, batch.last_id)
 
     def _policy(self, version: int) -> tuple[int, bytes] | None:
         """The version and hash of the policy buffered readings went through, or None
