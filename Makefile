@@ -20,7 +20,8 @@ test: setup-test
 	$(VENV)/bin/python -m pytest -n auto --dist loadfile $(ARGS)
 
 setup: $(VENV_STAMP)
-setup-test: $(TEST_STAMP) apt $(NPM_STAMP)
+# apt first: the venv's install builds the C frame path with libcrypto's headers.
+setup-test: apt $(TEST_STAMP) $(NPM_STAMP)
 
 # Checks for the programs each time (cheap) and installs only what is missing.
 apt:

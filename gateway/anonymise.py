@@ -652,5 +652,5 @@ def _coarsen(r: Reading, fields: dict[str, float], res: int) -> Reading:
         fields,
         r.status,
         r.time_estimated,
-        r.text if fields is r.fields else None,  # the fields' text, when they are the same
+        r.head if fields is r.fields else None,  # the line head, when the fields are the same
     )

@@ -156,9 +156,10 @@ class Outbox:
         rows = []
         refused = []
         for r in readings:
-            # values verify formatted are finite; otherwise a sum is finite when every value
-            # is (and none is near 1e308): one C call
-            if r.text is not None or isfinite(sum(r.fields.values())):
+            # a sum is finite when every value is (and none is near 1e308): one C call
+            if r.head is not None:  # verify formatted it, from finite values
+                rows.append((r.node, r.time_s, policy, r.head))
+            elif isfinite(sum(r.fields.values())):
                 rows.append((r.node, r.time_s, policy, line_head(r)))
             else:  # no store takes NaN or infinity: set aside now, never blocking the queue
                 refused.append((json.dumps({"line": line_head(r) + f" {r.time_s}",

@@ -39,9 +39,10 @@ class Reading:
     fields: dict[str, float] = field(hash=False)
     status: bool = False  # a status frame (uptime, heap, ...) rather than a measurement
     time_estimated: bool = False  # node had no clock: the gateway stamped it on receipt
-    # `fields` as line-protocol text, when verify made it on the way (forward.line_head);
-    # a stage that changes the fields makes a new Reading, which starts without it
-    text: str | None = field(default=None, compare=False, repr=False)
+    # the reading's line-protocol text without its timestamp (forward.line_head), when
+    # verify made it on the way; a stage that changes the fields makes a new Reading,
+    # which starts without it
+    head: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def measurement(self) -> str:

@@ -21,6 +21,7 @@ from struct import Struct
 from firmware import metrics, protocol
 from firmware.protocol import FrameError, ReplayWindow
 from fleet.keyring import Keyring
+from gateway.forward import line_series
 from gateway.model import Envelope, Reading, Rejected
 
 _unpack_header = Struct(protocol._HEADER).unpack_from
@@ -59,9 +60,13 @@ class Verifier:
         self.dirty: set[int] = set()  # nodes whose window moved since the last commit
         self._prepared: dict[tuple[int, int], protocol.PreparedKey] = {}
         self._topics: dict[str, int] = {}  # uplink topic -> its node id (-1: not one)
-        self._nodes: dict[tuple[int, int], tuple] = {}  # (node, key id) -> fast path's
+        self._nodes: dict[int, tuple] = {}  # node << 8 | key id -> the fast path's (_prepare)
 
     def check(self, env: Envelope) -> Reading | Rejected:
+        if _verify_c is not None:  # _fast, compiled; None when anything is not plain
+            fast = _verify_c(env, self._nodes, self.windows, self._topics, self.dirty)
+            if fast is not None:
+                return fast
         fast = self._fast(env)
         if fast is not None:
             return fast
@@ -85,12 +90,12 @@ class Verifier:
         _, kind, flags, key_id, node_id, counter, ts, window_s, count = _unpack_header(data)
         if flags & ~_FLAGS_KNOWN or not 0 < count <= _MAX_METRICS:
             return None
-        cached = self._nodes.get((node_id, key_id))
+        cached = self._nodes.get(node_id << 8 | key_id)
         if cached is None:
             cached = self._prepare(node_id, key_id)
             if cached is None:
                 return None
-        inner, outer, entry, node, kind_id, tables = cached
+        inner, outer, entry, node, kind_id, tables, _, prefixes = cached
         if kind != kind_id or entry.revoked:  # revoke() marks the entry in place
             return None
         topic = env.topic
@@ -99,13 +104,14 @@ class Verifier:
         # metrics: ascending ids, minimal zigzag varints, each allowed and in range
         allowed, table_c = tables[flags & _FLAG_STATUS]
         end = n - _TAG_LEN
-        if table_c is not None:  # the same, compiled, with the line-protocol text
+        if table_c is not None:  # the same, compiled, with the fields' line-protocol text
             got = _metrics_c(data, count, table_c)
             if got is None:
                 return None
             fields, text = got
+            head = prefixes[flags & _FLAG_STATUS] + text
         else:
-            text = None
+            head = None
             pos = _HEADER_LEN
             last = -1
             fields = {}
@@ -173,7 +179,7 @@ class Verifier:
         synced = not flags & _FLAG_TIME_UNSYNCED
         return Reading(node, entry.kind, entry.zone, entry.site, counter,
                        ts if synced else int(env.received_s or self.clock()), window_s, fields,
-                       bool(flags & _FLAG_STATUS), not synced, text)
+                       bool(flags & _FLAG_STATUS), not synced, head)
 
     def _prepare(self, node_id: int, key_id: int):
         """What the fast path needs of a (node, key id), when the node may send."""
@@ -184,10 +190,20 @@ class Verifier:
         if key._inner is None:
             return None
         kind_id = entry.kind_id
-        cached = (key._inner, key._outer, entry, protocol.node_name(node_id), kind_id,
-                  {0: _TABLES[(kind_id, False)], _FLAG_STATUS: _TABLES[(kind_id, True)]})
+        node = protocol.node_name(node_id)
+        tables = {0: _TABLES[(kind_id, False)], _FLAG_STATUS: _TABLES[(kind_id, True)]}
+        # a line head starts with the series: measurement and tags (forward.line_head)
+        prefixes = {status: line_series(Reading(node, entry.kind, entry.zone, entry.site, 0, 0,
+                                                0, {}, bool(status)))
+                    for status in (0, _FLAG_STATUS)}
+        # the same, for the compiled path (the key with its pads hashed, the C tables)
+        plain_c, status_c = tables[0][1], tables[_FLAG_STATUS][1]
+        compiled = _speedups.key(key.key, plain_c, status_c, prefixes[0],
+                                 prefixes[_FLAG_STATUS]) if (
+            _verify_c is not None and plain_c is not None and status_c is not None) else None
+        cached = (key._inner, key._outer, entry, node, kind_id, tables, compiled, prefixes)
         if len(self._nodes) < 100_000:
-            self._nodes[(node_id, key_id)] = cached
+            self._nodes[node_id << 8 | key_id] = cached
         return cached
 
     def _check(self, env: Envelope) -> Reading | Rejected:
@@ -287,17 +303,26 @@ def _allowed_table(kind_id: int, status: bool) -> dict[int, tuple[str, float, in
 _ALLOWED = {(kind, status): _allowed_table(kind, status)
             for kind in range(256) for status in (False, True)}
 
-# The compiled metric decoder (gateway/_speedups.c), when the install could build it; the
-# Python loop in Verifier._fast does the same.  DORDT_PURE_PYTHON=1 turns it off.
+# The compiled path (gateway/_speedups.c), when the install could build it: verify() is
+# Verifier._fast in one call, metrics() its metric loop.  Python does the same where it is
+# missing.  DORDT_PURE_PYTHON=1 turns it off.
 try:
     if os.environ.get("DORDT_PURE_PYTHON"):
         raise ImportError("DORDT_PURE_PYTHON is set")
     from gateway import _speedups
 
+    # bind() refuses a Reading or frame layout other than the one it was compiled for (a
+    # stale build): then Python runs, and tests/gateway/test_verify.py says why
+    _speedups.bind(Reading, (_VERSION, _MIN_FRAME, _MAX_FRAME, _FLAGS_KNOWN, _FLAG_STATUS,
+                             _FLAG_TIME_UNSYNCED, _HEADER_LEN, _TAG_LEN, _MAX_METRICS))
     _metrics_c = _speedups.metrics
-except ImportError:
+    _verify_c = _speedups.verify
+    SPEEDUPS_PROBLEM = None
+except (ImportError, TypeError, ValueError, AttributeError) as exc:
     _speedups = None
     _metrics_c = None
+    _verify_c = None
+    SPEEDUPS_PROBLEM = f"{type(exc).__name__}: {exc}"
 
 
 def _c_table(allowed):

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # ensure-apt.sh [PACKAGE...]: install the Debian packages the test suite runs for real
-# (default: mosquitto and victoria-metrics) unless their programs are already there.
+# (default: mosquitto and victoria-metrics) unless their programs are already there, and
+# libcrypto's headers for the optional C frame path (setup.py; without them it is skipped).
 set -euo pipefail
 if [ $# -eq 0 ]; then
     want=()
     [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null || want+=(mosquitto)
     command -v victoria-metrics >/dev/null || want+=(victoria-metrics)
+    [ -f /usr/include/openssl/sha.h ] || want+=(libssl-dev)
 else
     want=("$@")
 fi

@@ -52,14 +52,14 @@ def line_head(reading) -> str:
     """A reading's line-protocol line without its timestamp: `measurement,tags fields`.
     The outbox keeps this text, so draining it formats nothing (docs/protocol.md §7)."""
     if type(reading) is Reading:  # a node's series prefix never changes: build it once
+        if reading.head is not None:  # formatted by verify, on the way
+            return reading.head
         key = (reading.status, reading.zone, reading.site, reading.node, reading.kind)
         prefix = _PREFIXES.get(key)
         if prefix is None:
             prefix = _PREFIXES[key] = _prefix(reading.measurement, reading.tags)
             if len(_PREFIXES) > 100_000:
                 _PREFIXES.clear()
-        if reading.text is not None:  # formatted by verify, on the way
-            return prefix + reading.text
         # A node's values are fixed-point (raw x 10^exp, docs/protocol.md §7): written as
         # the nearest double to that, whatever arithmetic made them, so the text is the
         # canonical one the provenance digest covers (provenance.canonical_line).
@@ -72,6 +72,11 @@ def line_head(reading) -> str:
         ((k, v),) = fields.items()
         return f"{prefix}{k}={float(v)!r}"
     return prefix + ",".join([f"{k}={float(v)!r}" for k, v in sorted(fields.items())])
+
+
+def line_series(reading) -> str:
+    """The start of a reading's line head: measurement and tags, then a space."""
+    return _prefix(reading.measurement, reading.tags)
 
 
 def line_protocol(reading) -> str:

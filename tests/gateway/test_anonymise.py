@@ -632,21 +632,19 @@ def test_the_hash_is_of_the_effective_policy():
     assert a.defaults.crowd_noise_epsilon == Fraction(1, 10)
 
 
-def test_the_fields_text_verify_made_travels_only_with_unchanged_fields():
+def test_the_line_head_verify_made_travels_only_with_unchanged_fields():
     from gateway.forward import line_head
 
     k = 5
     released = crowd(40)
     released.window_s = 60
     released.time_s = T0 + 37  # coarsened to the minute: a new Reading, the same fields
-    released.text = line_head(Reading(**{**{f: getattr(released, f)
-                                            for f in Reading.__slots__}, "text": None})
-                              ).split(" ", 1)[1]
+    released.head = line_head(released)
     withheld = crowd(3)
     withheld.window_s = 60
-    withheld.text = "count=3.0"  # what verify would have made; must not survive
+    withheld.head = line_head(withheld)  # what verify would have made; must not survive
     out = Anonymiser(policy(crowd_min_count=k, crowd_time_resolution_s=60)).apply(
         [released, withheld])
-    assert out[0].time_s == T0 + 37 - (T0 + 37) % 60 and out[0].text == released.text
-    assert out[1].text is None and "suppressed" in out[1].fields
+    assert out[0].time_s == T0 + 37 - (T0 + 37) % 60 and out[0].head == released.head
+    assert out[1].head is None and "suppressed" in out[1].fields
     assert "count" not in line_head(out[1])

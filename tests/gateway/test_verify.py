@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -158,17 +160,33 @@ class _PythonTables(dict):  # the fast path without the compiled decoder
         return value
 
 
-@pytest.mark.parametrize("decoder", ["compiled", "python"])
-def test_the_fast_path_agrees_with_the_reference_path_frame_for_frame(decoder):
-    if decoder == "compiled" and verify_module._speedups is None:
+def _compiled_wanted() -> bool:
+    """The C module is there when this machine can build it (setup.py: a compiler and
+    libcrypto's headers), and then it must be in use: a stale or refused build is a
+    failure here, not a quiet fall back to Python."""
+    built = list((Path(verify_module.__file__).parent).glob("_speedups*.so"))
+    return bool(built) and not os.environ.get("DORDT_PURE_PYTHON")
+
+
+def test_the_compiled_path_is_in_use_where_it_was_built():
+    if not _compiled_wanted():
+        pytest.skip("gateway._speedups was not built here: the python cases run")
+    assert verify_module.SPEEDUPS_PROBLEM is None
+    assert verify_module._verify_c is not None
+
+
+@pytest.mark.parametrize("path", ["compiled", "compiled_metrics", "python"])
+def test_the_fast_path_agrees_with_the_reference_path_frame_for_frame(path, monkeypatch):
+    """compiled: the whole good-frame path in C (_speedups.verify), then Python's fast path
+    for what it declines; compiled_metrics: Python's fast path with the C metric decoder;
+    python: Python's fast path alone."""
+    if path != "python" and verify_module._speedups is None:
         pytest.skip("gateway._speedups was not built (no C compiler): the python case runs")
-    saved = verify_module._TABLES
-    if decoder == "python":
-        verify_module._TABLES = _PythonTables()
-    try:
-        _fast_agrees_with_reference()
-    finally:
-        verify_module._TABLES = saved
+    if path != "compiled":
+        monkeypatch.setattr(verify_module, "_verify_c", None)
+    if path == "python":
+        monkeypatch.setattr(verify_module, "_TABLES", _PythonTables())
+    _fast_agrees_with_reference()
 
 
 # ~100 draws an example: on a loaded machine drawing alone can trip the too_slow check
@@ -218,7 +236,90 @@ def _fast_agrees_with_reference(data):
         got = fast.check(e)
         assert got == ref.check(e)
         if isinstance(got, Reading):  # the text made on the way is what formatting makes
-            assert line_head(got) == line_head(dataclasses.replace(got, text=None))
+            assert line_head(got) == line_head(dataclasses.replace(got, head=None))
     assert {n: (w.highest, w.seen) for n, w in fast.windows.items()} == \
         {n: (w.highest, w.seen) for n, w in ref.windows.items()}
     assert fast.dirty == ref.dirty
+
+
+# -- the compiled path's edges, each against the reference path ----------------------------
+# A node's first frame goes through Python (which prepares the node); these send a good frame
+# first so that what follows meets the compiled path when there is one.
+
+
+def _pair(ring):
+    return (Verifier(ring, clock=lambda: NOW + 0.5), _Reference(ring, clock=lambda: NOW + 0.5))
+
+
+def _both(pair, e):
+    got, want = pair[0].check(e), pair[1].check(e)
+    assert got == want
+    if isinstance(got, Reading) and got.head is not None:  # made on a fast path
+        assert got.head == line_head(dataclasses.replace(got, head=None))
+    return got
+
+
+def _compiled(r):
+    """True when `r` came by the compiled path (where there is one): it carries the head."""
+    return verify_module._verify_c is None or r.head is not None
+
+
+@pytest.mark.parametrize("received", [NOW + 3.7, NOW + 3, 0, 0.0, None, float("nan")])
+def test_unsynced_frames_take_the_receive_time_or_the_clock(received):
+    fleet, ring, _ = setup()
+    pair = _pair(ring)
+    node = node_of(fleet, "noise")
+    _both(pair, env(node.topic, node.frame(NOW)))
+    f = node.encode(node.values(NOW), 1234, 10, flags=protocol.FLAG_TIME_UNSYNCED)
+    if received != received:  # NaN: int() of it raises, on both paths alike
+        with pytest.raises(ValueError):
+            pair[0].check(env(node.topic, f, received=received))
+        return
+    r = _both(pair, env(node.topic, f, received=received))
+    assert r.time_estimated and r.time_s == (int(received) if received else NOW)
+    assert _compiled(r)
+
+
+def test_a_node_revoked_in_place_is_refused_by_every_path():
+    fleet, ring, _ = setup()
+    pair = _pair(ring)
+    node = node_of(fleet, "air")
+    _both(pair, env(node.topic, node.frame(NOW)))
+    ring.revoke(node.node_id)
+    assert reason(_both(pair, env(node.topic, node.frame(NOW + 10)))) == "revoked"
+
+
+@pytest.mark.parametrize("zone, site", [("spoorzone", "spz-01"), ("maße", "plein,1 a=b"),
+                                        ("zone " + "z" * 600, "s")])
+def test_line_heads_for_any_zone_and_site_names(zone, site):
+    """ASCII series are copied into the head in C; others (and long ones) are joined."""
+    fleet, ring, _ = setup()
+    node = node_of(fleet, "air")
+    entry = ring.get(node.node_id)
+    entry.zone, entry.site = zone, site
+    pair = _pair(ring)
+    for i in range(3):
+        r = _both(pair, env(node.topic, node.frame(NOW + 10 * i)))
+        assert isinstance(r, Reading) and r.zone == zone and r.site == site
+        assert i == 0 or _compiled(r)
+    if verify_module._verify_c is not None:  # and by the compiled function itself
+        v = pair[0]
+        r = verify_module._verify_c(env(node.topic, node.frame(NOW + 30)), v._nodes, v.windows,
+                                    v._topics, v.dirty)
+        assert isinstance(r, Reading) and r.head == line_head(dataclasses.replace(r, head=None))
+
+
+@pytest.mark.parametrize("highest, seen, size", [(5, 1 << 70, 64), (5, 0b101, 8),
+                                                 (-1, 0, 64), (2**40, 0, 64), (10, -1, 64)])
+def test_unusual_replay_windows_move_alike(highest, seen, size):
+    fleet, ring, _ = setup()
+    node = node_of(fleet, "crowd")
+    frames = [node.frame(NOW + i) for i in range(12)]  # counters 1..12
+    pair = _pair(ring)
+    _both(pair, env(node.topic, frames[0]))
+    for v in pair:
+        v.windows[node.node_id] = protocol.ReplayWindow(highest, seen, size)
+    for f in frames[1:] + frames[:3]:
+        _both(pair, env(node.topic, f))
+    a, b = (v.windows[node.node_id] for v in pair)
+    assert (a.highest, a.seen) == (b.highest, b.seen)
