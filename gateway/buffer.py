@@ -73,6 +73,25 @@ CREATE TABLE IF NOT EXISTS quarantine (
 """
 
 
+def _insert_rows(db: sqlite3.Connection, rows: list[tuple]) -> None:
+    """INSERT the outbox rows (node, time_s, policy, line), in order, as multi-row
+    statements of fixed sizes: one statement of 240 rows costs SQLite about half of 240
+    executions of a one-row statement (the AUTOINCREMENT counter is written once per
+    statement, not once per row).  At most 960 parameters a statement, under the 999 of
+    an SQLite built before 3.32; the sizes are few, so each statement is compiled once
+    (the sqlite3 module's statement cache)."""
+    i, n = 0, len(rows)
+    for size in _INSERT_SIZES:
+        sql = _INSERTS[size]
+        while n - i >= size:
+            db.execute(sql, [v for row in rows[i:i + size] for v in row])
+            i += size
+
+
+_INSERT_SIZES = (240, 64, 16, 4, 1)
+_INSERTS = {size: "INSERT INTO outbox (node, time_s, policy, line) VALUES "
+            + ",".join(["(?,?,?,?)"] * size) for size in _INSERT_SIZES}
+
 # one encoder, built once: json.dumps with separators= builds a new one per call
 _compact_json = json.JSONEncoder(separators=(",", ":")).encode
 
@@ -167,8 +186,7 @@ class Outbox:
                                 "a field value is not finite; line protocol has no NaN or"
                                 " infinity", self.clock()))
         with self._lock, self._transaction() as db:
-            db.executemany(
-                "INSERT INTO outbox (node, time_s, policy, line) VALUES (?,?,?,?)", rows)
+            _insert_rows(db, rows)
             if refused:
                 db.executemany("INSERT INTO quarantine (reading, error, at_s) VALUES (?, ?, ?)",
                                refused)

@@ -63,8 +63,17 @@ def line_head(reading) -> str:
         # A node's values are fixed-point (raw x 10^exp, docs/protocol.md §7): written as
         # the nearest double to that, whatever arithmetic made them, so the text is the
         # canonical one the provenance digest covers (provenance.canonical_line).
-        return prefix + ",".join(
-            [f"{k}={fixed_point(k, v)!r}" for k, v in sorted(reading.fields.items())])
+        # Readings the anonymiser withheld share a few field sets: each is formatted once.
+        key = tuple(reading.fields.items())
+        text = _FIELD_TEXTS.get(key)
+        if text is None:
+            text = ",".join([f"{k}={fixed_point(k, v)!r}" for k, v in sorted(key)])
+            # equal values print alike, except 0.0 and -0.0 where fixed_point keeps the sign
+            if all(v != 0 or k in _SCALE for k, v in key):
+                if len(_FIELD_TEXTS) > 10_000:
+                    _FIELD_TEXTS.clear()
+                _FIELD_TEXTS[key] = text
+        return prefix + text
     else:  # gap records, heartbeats, provenance points: few, and their tags vary
         prefix = _prefix(reading.measurement, reading.tags)
     fields = reading.fields
@@ -85,6 +94,7 @@ def line_protocol(reading) -> str:
 
 
 _PREFIXES: dict[tuple, str] = {}
+_FIELD_TEXTS: dict[tuple, str] = {}  # a Reading's fields, in their order -> their text
 # registry metric name -> 10**-exp (values are raw / that)
 _SCALE = {m.name: 10 ** -m.exp for m in metrics.BY_ID.values() if m.exp <= 0}
 

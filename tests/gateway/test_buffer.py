@@ -140,3 +140,18 @@ def test_readings_leave_in_batches_of_one_policy_and_each_record_names_its_own(t
     records = [json.loads(line)["record"] for line in audit.path.read_text().splitlines()]
     assert [(r["count"], r["policy_version"], r["policy_hash"]) for r in records] == [
         (4, 1, "01" * 32), (3, 2, "02" * 32)]
+
+
+def test_a_commit_of_any_size_keeps_every_reading_in_order(tmp_path):
+    """commit() inserts in statements of a few fixed sizes (_insert_rows): every group size
+    around their edges keeps each reading once, in the order given."""
+    box = Outbox(tmp_path / "o.sqlite")
+    sizes = [0, 1, 3, 4, 5, 63, 64, 65, 239, 240, 241, 500, 997]
+    t = T0
+    for n in sizes:
+        box.commit(readings(n, t0=t), {})
+        t += 10 * n
+    got = box.peek(sum(sizes) + 1)
+    assert [r.time_s for _, r in got] == [T0 + 10 * i for i in range(sum(sizes))]
+    ids = [i for i, _ in got]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)

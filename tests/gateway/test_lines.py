@@ -64,3 +64,23 @@ def test_a_registry_value_off_its_fixed_point_step_is_written_on_it():
                 {"temperature_c": 10 + 1.12, "x_other": 10 + 1.12})
     assert repr(10 + 1.12) == "11.120000000000001"
     assert line_head(r).endswith(" temperature_c=11.12,x_other=11.120000000000001")
+
+
+ANY_NAME = st.one_of(NAME, st.sampled_from(["temperature_c", "crowd_faults", "count",
+                                             "suppressed", "laeq_db"]))
+ZEROISH = st.one_of(VALUE, st.sampled_from([0.0, -0.0, 0, 1, 1.0, True]))
+
+
+@given(st.lists(st.dictionaries(ANY_NAME, ZEROISH, min_size=1, max_size=5), min_size=1,
+                max_size=6))
+def test_field_texts_formatted_once_are_what_formatting_makes(field_sets):
+    """line_head keeps the text of a field set it formatted (withheld readings share a
+    few); a later reading with equal fields gets exactly what formatting would write, 0.0
+    and -0.0 included."""
+    from gateway.forward import fixed_point
+
+    for fields in field_sets + field_sets[::-1]:
+        r = Reading("0a000001", "crowd", "spoorzone", "spz-01", 1, 1_790_000_000, 10,
+                    dict(fields))
+        want = ",".join(f"{k}={fixed_point(k, v)!r}" for k, v in sorted(fields.items()))
+        assert line_head(r).split(" ", 1)[1] == want
