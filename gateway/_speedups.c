@@ -1,23 +1,31 @@
-/* gateway._speedups: the metric section of a frame, decoded and formatted in one pass.
+/* gateway._speedups: a good frame's whole path through verify, in one call (optional).
  *
- * Optional: gateway/verify.py uses it when it was compiled and falls back to the same
- * logic in Python otherwise; tests/gateway/test_verify.py checks that both give the same
- * answer for any input.  The rules are docs/protocol.md §2.1-§2.4 and §6.4:
+ * gateway/verify.py uses it when it was compiled and runs the same checks in Python
+ * otherwise; tests/gateway/test_verify.py checks the compiled path, Python's fast path
+ * and the reference path (firmware/protocol.py) against each other for any input.  The
+ * rules are docs/protocol.md §2.1-§2.4 and §6:
+ *
+ *   verify(env, nodes, windows, topics, dirty) -> Reading | None
+ *
+ * Verifier._fast in C: the header, the node's prepared entry (Verifier._prepare), the
+ * topic, the metric section, the HMAC-SHA256 tag (OpenSSL's SHA-256 from pads hashed
+ * once, compared in constant time), the replay window; then the Reading, carrying its
+ * line head (series + fields).  None, with nothing changed, whenever anything is not
+ * plain: Python then decides, and names any rejection.
  *
  *   metrics(data, count, table) -> (fields, text) | None
  *
- * `data` is a whole frame (header, metrics, tag).  It reads `count` (id, zigzag varint)
- * pairs from byte 19 up to the tag, in strictly ascending id order, each varint minimal
- * and at most 32 bits, each id in `table` and its raw value in the table's range, the
- * last pair ending exactly where the tag begins.  When all of that holds it returns the
- * reading's fields {name: raw / divisor} in frame order and their line-protocol text
- * ("name=value,..." sorted by name, values as Python's repr of the float); otherwise
- * None, and the caller's reference path names what is wrong.
+ * The metric section alone (Python's fast path uses it): `count` (id, zigzag varint)
+ * pairs from byte 19 up to the tag, ids strictly ascending, each varint minimal and at
+ * most 32 bits, each id in `table` and its raw value in the table's range, the last pair
+ * ending where the tag begins.  Returns the fields {name: raw / divisor} in frame order
+ * and their line-protocol text ("name=value,..." sorted by name, each value as Python's
+ * repr of the float); None when any rule fails.
  *
- *   table(entries) -> table
- *
- * `entries`: a sequence of (metric id, name, divisor, raw min, raw max); names must be
- * ASCII.  The result is an opaque object for metrics().
+ *   table(entries) -> table          entries: (metric id, ASCII name, divisor, min, max)
+ *   key(key, table, status_table, series, status_series) -> key
+ *   bind(Reading, constants)         once, before verify(): checks the frame layout and
+ *                                    that Reading is a slots dataclass
  */
 
 #define PY_SSIZE_T_CLEAN
