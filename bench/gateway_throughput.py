@@ -285,7 +285,7 @@ def drain_child(path: str, vm_url: str, out) -> None:
     start = time.perf_counter()
     sent = 0
     while True:
-        k = fwd.drain_once()
+        k = fwd.drain()  # as the forwarder thread does
         if not k:
             break
         sent += k

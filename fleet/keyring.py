@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,7 +83,10 @@ class Keyring:
 
     def enrol(self, node_id: int, kind: str, zone: str, site: str) -> NodeEntry:
         """Add a node with a fresh random 256-bit key (key id 0)."""
-        _check_kind(kind, f"node {protocol.node_name(node_id)}")
+        where = f"node {protocol.node_name(node_id)}"
+        _check_kind(kind, where)
+        _check_place(zone, "zone", where)
+        _check_place(site, "site", where)
         return self.add(NodeEntry(node_id, kind, zone, site, {0: secrets.token_bytes(32)}))
 
     def revoke(self, node_id: int) -> None:
@@ -134,6 +138,21 @@ def _check_kind(kind: object, where: str) -> None:
         raise KeyringError(f"{where}: kind {kind!r} is not one of {sorted(metrics.KIND_IDS)}")
 
 
+def _check_place(value: object, key: str, where: str) -> None:
+    """A zone or site name becomes a tag in every line the node's readings make: no
+    control characters (a line break would end the line; line protocol has no escape for
+    it), and short enough to read."""
+    if not isinstance(value, str) or not value:
+        raise KeyringError(f"{where}: \"{key}\" must be a non-empty string")
+    bad = next((c for c in value if unicodedata.category(c) == "Cc"), None)
+    if bad is not None:
+        raise KeyringError(f"{where}: \"{key}\" {value!r} holds the control character "
+                           f"{bad!r}: use letters, digits, '-' or '_'")
+    if len(value) > 64:
+        raise KeyringError(f"{where}: \"{key}\" is {len(value)} characters long; the most "
+                           f"is 64")
+
+
 def _entry_from_json(raw: object, where: str) -> NodeEntry:
     if not isinstance(raw, dict):
         raise KeyringError(f"{where}: must be an object")
@@ -142,8 +161,7 @@ def _entry_from_json(raw: object, where: str) -> NodeEntry:
         raise KeyringError(f"{where}: \"node\" must be 8 lower-case hex digits, got {name!r}")
     _check_kind(raw.get("kind"), where)
     for key in ("zone", "site"):
-        if not isinstance(raw.get(key), str) or not raw[key]:
-            raise KeyringError(f"{where}: \"{key}\" must be a non-empty string")
+        _check_place(raw.get(key), key, where)
     keys_raw = raw.get("keys")
     if not isinstance(keys_raw, dict) or not keys_raw:
         raise KeyringError(f"{where}: \"keys\" must map key ids to keys")

@@ -406,13 +406,22 @@ class Outbox:
         return rows[0][0], rows[-1][0], len(rows), min(times), max(times), policy
 
     def span_lines(self, first_id: int, last_id: int) -> list[str]:
-        """The readings of ids first..last as complete lines, sorted (SQLite sorts text as
-        bytes, UTF-8, which is code point order, as Python's sorted): the provenance
-        digest's canonical lines."""
+        """The readings of ids first..last as complete lines, sorted: the provenance
+        digest's canonical lines.  SQLite sorts them (text as bytes, UTF-8, which is code
+        point order, as Python's) and joins them in one step, without the GIL, so a store
+        write on another thread goes on meanwhile; the sort here then only confirms the
+        order (linear on sorted input), since SQLite does not promise that an aggregate
+        keeps its subquery's order."""
         with self._lock:
-            return [row[0] for row in self._db.execute(
-                "SELECT line || ' ' || time_s FROM outbox WHERE id BETWEEN ? AND ?"
-                " ORDER BY 1", (first_id, last_id))]
+            body = self._db.execute(
+                "SELECT group_concat(l, char(10)) FROM (SELECT line || ' ' || time_s AS l"
+                " FROM outbox WHERE id BETWEEN ? AND ? ORDER BY 1)",
+                (first_id, last_id)).fetchone()[0]
+        if not body:
+            return []
+        lines = body.split("\n")
+        lines.sort()
+        return lines
 
     def span_body(self, first_id: int, last_id: int, extra_field: str) -> list[str]:
         """The readings of ids first..last as lines to send, each with `extra_field`

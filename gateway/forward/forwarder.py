@@ -27,6 +27,9 @@ from gateway.provenance import (
 )
 
 BATCH_MAX = 5000  # lines per write: the InfluxDB guidance for batch size
+# batches the forwarder's thread sends back to back before it looks at gap records and
+# heartbeats again (and at stop()): 80,000 readings, a second or two of a backlog
+DRAIN_BATCHES = 16
 
 
 @dataclass
@@ -120,8 +123,16 @@ class Forwarder:
     def drain_once(self) -> int:
         """Send one batch.  Returns how many readings left the outbox (0: empty).
         Raises RetryableStoreError when the store is unavailable."""
+        return self.drain(1)
+
+    def drain(self, max_batches: int = DRAIN_BATCHES) -> int:
+        """Send up to `max_batches` signed batches back to back (a backlog), then the
+        gap records and heartbeats waiting; as drain_once() otherwise.  While the store
+        takes one batch, the next is opened; as soon as the store has a batch, the next
+        one's write starts, and only then is the first closed: the store is never left
+        waiting on the gateway's own bookkeeping."""
         if self.provenance is not None:
-            sent = self._send_signed()
+            sent = self._send_signed(max_batches)
         else:
             span = self.outbox.span(self.batch_max)
             items = self.outbox.span_items(span[0], span[1]) if span else []
@@ -141,11 +152,52 @@ class Forwarder:
         self.last_success_s = self.clock()
         return sent + len(points)
 
-    def _send_signed(self) -> int:
+    def _send_signed(self, max_batches: int = 1) -> int:
         """The oldest open batch (one a crash, a stop or a failed write left behind), else a
         new one; while the store takes it, the next batch is opened and made ready, so the
-        gateway's work and the store's overlap."""
+        gateway's work and the store's overlap.  Then, up to `max_batches`, the next."""
         assert self.provenance is not None
+        first = self._first_batch()
+        if first is None:
+            return 0
+        batch, writing = first
+        sent = 0
+        for n in range(max_batches):
+            try:
+                if batch.count == self.batch_max and self._ahead is None:  # more behind it
+                    span = self.outbox.span(self.batch_max, self.outbox.open_batches_last_id())
+                    if span is not None:
+                        self._ahead = self._open_span(span)
+            finally:
+                writing.join()
+            try:
+                writing.result()
+            except PermanentStoreError as exc:
+                self.outbox.abandon_batch(batch.seq)
+                self._split(self.outbox.span_items(batch.first_id, batch.last_id), exc)
+                return sent + batch.count
+            # The store has `batch`.  The next write starts before `batch` is closed, when
+            # the batch opened ahead is the next open one (after a failed write, older
+            # open batches go first, from pending_batch()).
+            following = None
+            ahead = self._ahead
+            if (n + 1 < max_batches and ahead is not None and not self._stop.is_set()
+                    and self.outbox.open_batches()[:2] == [batch.seq, ahead.seq]):
+                self._ahead = None
+                following = (ahead, _Call(self._write_and_log, ahead))
+            try:
+                sent += self.outbox.close_batch(batch.seq, batch.first_id, batch.last_id)
+            except BaseException:
+                if following is not None:  # it stays open and goes again: no harm
+                    following[1].join()
+                raise
+            if following is None:
+                return sent
+            batch, writing = following
+        return sent
+
+    def _first_batch(self) -> tuple[_Batch, _Call] | None:
+        """The batch to send first, its write started."""
         ahead, self._ahead = self._ahead, None
         pending = self.outbox.pending_batch()
         if pending is not None:
@@ -156,27 +208,13 @@ class Forwarder:
                 batch = self._ready_span(seq, record, first_id, last_id)
                 if batch.count == 0:
                     self.outbox.abandon_batch(seq)
-                    return 0
+                    return None
         else:
             span = self.outbox.span(self.batch_max)
             if span is None:
-                return 0
+                return None
             batch = self._open_span(span)
-        writing = _Call(self._write_and_log, batch)
-        try:
-            if batch.count == self.batch_max:  # probably more behind it
-                span = self.outbox.span(self.batch_max, self.outbox.open_batches_last_id())
-                if span is not None:
-                    self._ahead = self._open_span(span)
-        finally:
-            writing.join()
-        try:
-            writing.result()
-        except PermanentStoreError as exc:
-            self.outbox.abandon_batch(batch.seq)
-            self._split(self.outbox.span_items(batch.first_id, batch.last_id), exc)
-            return batch.count
-        return self.outbox.close_batch(batch.seq, batch.first_id, batch.last_id)
+        return batch, _Call(self._write_and_log, batch)
 
     def _write_and_log(self, batch: _Batch) -> None:
         """The store takes the batch, then the audit log records it (fsync'd) before the
@@ -284,7 +322,7 @@ class Forwarder:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                sent = self.drain_once()
+                sent = self.drain()
             except RetryableStoreError as exc:
                 self.failures += 1
                 self.last_error = str(exc)

@@ -52,6 +52,13 @@ def test_keys_are_random_and_never_in_repr(tmp_path):
     ({"format": "dordt-keyring", "version": 1, "nodes": [
         {"node": "00000001", "kind": "air", "zone": "z", "site": "s",
          "keys": {"0": "ab" * 16}}]}, "32 bytes"),
+    # a zone or site is a tag in every line: a line break would split the line
+    ({"format": "dordt-keyring", "version": 1, "nodes": [
+        {"node": "00000001", "kind": "air", "zone": "spoor\nzone", "site": "s",
+         "keys": {"0": "00" * 32}}]}, "\"zone\" 'spoor\\nzone' holds the control character"),
+    ({"format": "dordt-keyring", "version": 1, "nodes": [
+        {"node": "00000001", "kind": "air", "zone": "z", "site": "s" * 65,
+         "keys": {"0": "00" * 32}}]}, "\"site\" is 65 characters long; the most is 64"),
 ])
 def test_broken_keyrings_give_errors_that_name_the_file_and_entry(tmp_path, doc, words):
     path = tmp_path / "keyring.json"
@@ -66,6 +73,14 @@ def test_broken_keyrings_give_errors_that_name_the_file_and_entry(tmp_path, doc,
 def test_missing_keyring_says_how_to_make_one(tmp_path):
     with pytest.raises(KeyringError, match="not found"):
         Keyring.load(tmp_path / "nope.json")
+
+
+def test_enrolment_refuses_zone_and_site_names_that_break_a_line():
+    ring = Keyring()
+    with pytest.raises(KeyringError, match="control character"):
+        ring.enrol(5, "noise", "maas\tterras", "s")
+    ring.enrol(6, "noise", "Maasterras – kade", "plein 1")  # any printable text is fine
+    assert len(ring) == 1
 
 
 def test_duplicate_node_is_refused():

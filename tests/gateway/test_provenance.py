@@ -206,3 +206,98 @@ def test_a_write_failing_while_the_next_batch_is_opened_ahead_loses_and_repeats_
     seqs = [json.loads(x)["record"]["seq"]
             for x in (tmp_path / "audit.log").read_text().splitlines()]
     assert seqs == [1, 2, 3]
+
+
+def _backlog(tmp_path, n, t0=1_790_000_000):
+    from gateway.buffer import Outbox
+    from gateway.model import Reading
+
+    box = Outbox(tmp_path / "outbox.sqlite")
+    box.commit([Reading(f"0a{i % 7:06x}", "air", "spoorzone", "spz-01", i, t0 + i, 10,
+                        {"temperature_c": 10 + i / 100}) for i in range(1, n + 1)], {})
+    return box
+
+
+def _check_drained(tmp_path, box, n, seqs, t0=1_790_000_000):
+    assert box.depth() == 0 and box.counters()["forwarded"] == n
+    points = read_local(tmp_path / "store.sqlite", t0, t0 + n + 1)
+    assert len([p for p in points if p.measurement == "air"]) == n  # each once
+    report = verify_batches(points, load_public_key(tmp_path / "gateway.pub"), "gw-test")
+    assert report.ok and report.batches_ok == len(seqs), report.problems
+    assert [json.loads(x)["record"]["seq"]
+            for x in (tmp_path / "audit.log").read_text().splitlines()] == seqs
+
+
+def _forwarder(tmp_path, box, store):
+    from gateway.forward.forwarder import Forwarder, Provenance
+
+    ident = GatewayIdentity.load_or_create(tmp_path, "gw-test")
+    return Forwarder(box, store, batch_max=1000,
+                     provenance=Provenance(ident, AuditLog(tmp_path / "audit.log")))
+
+
+def test_a_backlog_leaves_in_batches_back_to_back_in_order(tmp_path):
+    """drain(): the next batch's write starts as soon as the store has one, before that one
+    is closed; the writes do not overlap each other and the audit log keeps their order."""
+    box = _backlog(tmp_path, 7_500)
+    store = LocalStore(tmp_path / "store.sqlite")
+    active, most, real_write = [0], [0], store.write_lines
+
+    def counting(lines):
+        active[0] += 1
+        most[0] = max(most[0], active[0])
+        time.sleep(0.01)
+        real_write(lines)
+        active[0] -= 1
+
+    store.write_lines = counting
+    fwd = _forwarder(tmp_path, box, store)
+    assert fwd.drain(max_batches=5) == 5000  # five batches in one call
+    assert box.open_batches() == [6]  # the sixth opened ahead, not sent
+    assert fwd.drain(max_batches=5) == 2500 and fwd.drain() == 0
+    assert most[0] == 1
+    _check_drained(tmp_path, box, 7_500, list(range(1, 9)))
+
+
+def test_a_write_failing_in_a_run_of_batches_loses_and_repeats_nothing(tmp_path):
+    from gateway.forward import RetryableStoreError
+
+    box = _backlog(tmp_path, 6_000)
+    store = LocalStore(tmp_path / "store.sqlite")
+    writes, real_write = [], store.write_lines
+
+    def flaky(lines):  # the third request fails
+        writes.append(len(lines))
+        if len(writes) == 3:
+            raise RetryableStoreError("the store went away")
+        real_write(lines)
+
+    store.write_lines = flaky
+    fwd = _forwarder(tmp_path, box, store)
+    with pytest.raises(RetryableStoreError):
+        fwd.drain(max_batches=10)
+    assert box.depth() == 4000 and box.open_batches() == [3, 4]
+    while fwd.drain():  # the same forwarder goes on: batch 3 first, then 4, ...
+        pass
+    _check_drained(tmp_path, box, 6_000, [1, 2, 3, 4, 5, 6])
+
+
+def test_closing_a_batch_failing_while_the_next_is_written_loses_nothing(tmp_path):
+    box = _backlog(tmp_path, 3_000)
+    store = LocalStore(tmp_path / "store.sqlite")
+    fwd = _forwarder(tmp_path, box, store)
+    real_close, calls = box.close_batch, []
+
+    def failing_close(seq, first_id, last_id):
+        calls.append(seq)
+        if len(calls) == 1:
+            raise sqlite3.OperationalError("disk I/O error")
+        return real_close(seq, first_id, last_id)
+
+    box.close_batch = failing_close
+    with pytest.raises(sqlite3.OperationalError):
+        fwd.drain(max_batches=10)  # batch 1 is in the store; batch 2's write had started
+    assert box.open_batches() == [1, 2]
+    while fwd.drain():  # sent again, the same batches: the store and the log keep one each
+        pass
+    _check_drained(tmp_path, box, 3_000, [1, 2, 3])
