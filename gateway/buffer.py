@@ -423,14 +423,14 @@ class Outbox:
         lines.sort()
         return lines
 
-    def span_body(self, first_id: int, last_id: int, extra_field: str) -> list[str]:
-        """The readings of ids first..last as lines to send, each with `extra_field`
-        (",batch=7.0") added, made by SQLite in one pass."""
+    def span_body(self, first_id: int, last_id: int, extra_field: str) -> str:
+        """The readings of ids first..last as the text to send, a line each with
+        `extra_field` (",batch=7.0") added, made by SQLite in one pass ("" for none)."""
         with self._lock:
             body = self._db.execute(
                 "SELECT group_concat(line || ? || ' ' || time_s, char(10)) FROM outbox"
                 " WHERE id BETWEEN ? AND ?", (extra_field, first_id, last_id)).fetchone()[0]
-        return body.split("\n") if body else []
+        return body or ""
 
     def span_items(self, first_id: int, last_id: int) -> list[Item]:
         with self._lock:

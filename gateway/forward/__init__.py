@@ -41,8 +41,9 @@ class Store(Protocol):
     def write(self, readings: Sequence[Reading]) -> None: ...
 
     def write_lines(self, lines: Sequence[str]) -> None:
-        """Store complete line-protocol lines (second precision), as `line_protocol`
-        and `line_head` make them; same errors as write()."""
+        """Store line-protocol text (second precision), as `line_protocol` and
+        `line_head` make it: each item one or more complete lines, separated by "\n" (a
+        batch's readings come as one text); same errors as write()."""
         ...
 
     def close(self) -> None: ...

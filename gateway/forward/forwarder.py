@@ -61,7 +61,11 @@ class _Batch:
     first_id: int
     last_id: int
     count: int  # readings (lines holds them and the provenance point)
-    lines: list[str]
+    lines: list[str]  # line-protocol text for Store.write_lines (an item may hold many lines)
+
+
+def _batch_field(seq: int) -> str:
+    return f",{BATCH_FIELD}={float(seq)!r}"
 
 
 class _Call:
@@ -236,11 +240,12 @@ class Forwarder:
 
     def _ready_span(self, seq: int, record_json: str, first_id: int, last_id: int) -> _Batch:
         record = ProvenanceRecord.from_json(json.loads(record_json))
-        # the outbox's lines are the canonical lines (provenance.canonical_line), so the
-        # batch field goes in only here, on the way out
-        lines = self.outbox.span_body(first_id, last_id, f",{BATCH_FIELD}={float(seq)!r}")
-        count = len(lines)
-        lines.append(line_protocol(record.to_point()))
+        # The outbox's lines are the canonical lines (provenance.canonical_line), so the
+        # batch field goes in only here, on the way out.  One text for the readings, as
+        # SQLite made it: never split into lines and joined again.
+        body = self.outbox.span_body(first_id, last_id, _batch_field(seq))
+        count = body.count("\n") + 1 if body else 0
+        lines = [body, line_protocol(record.to_point())] if body else []
         return _Batch(seq, record, first_id, last_id, count, lines)
 
     def _open(self, items: list[Item]) -> _Batch:
@@ -251,7 +256,7 @@ class Forwarder:
             items[0][0], items[-1][0],
             lambda seq: json.dumps(self._record(seq, items, policy).to_json()))
         record = ProvenanceRecord.from_json(json.loads(record_json))
-        batch = f",{BATCH_FIELD}={float(seq)!r} "
+        batch = _batch_field(seq) + " "
         lines = [f"{head}{batch}{t}" for _, t, _, head in items]
         lines.append(line_protocol(record.to_point()))
         return _Batch(seq, record, items[0][0], items[-1][0], len(items), lines)

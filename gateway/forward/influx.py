@@ -124,7 +124,7 @@ class InfluxStore:
                 content_encoding="gzip", content_type="text/plain; charset=utf-8",
             )
         except ApiException as exc:
-            raise self._http_error(exc, len(lines)) from None
+            raise self._http_error(exc, sum(text.count("\n") + 1 for text in lines)) from None
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             # With retries=False urllib3 raises the underlying error: NewConnectionError,
             # ConnectTimeoutError, ReadTimeoutError, ProtocolError (connection reset) ...

@@ -130,9 +130,9 @@ class LocalStore:
         self._upsert(rows)
 
     def write_lines(self, lines: Sequence[str]) -> None:
-        """Line-protocol lines (as the outbox keeps them) → the same rows as write()."""
+        """Line-protocol text (as the outbox keeps it) → the same rows as write()."""
         rows = []
-        for line in lines:
+        for line in (line for text in lines for line in text.split("\n")):
             try:
                 measurement, tags, fields, time_s = parse_line(line)
             except ValueError as exc:
