@@ -175,9 +175,9 @@ class Outbox:
         rows = []
         refused = []
         for r in readings:
-            # a sum is finite when every value is (and none is near 1e308): one C call
             if r.head is not None:  # verify formatted it, from finite values
                 rows.append((r.node, r.time_s, policy, r.head))
+            # a sum is finite when every value is (and none is near 1e308): one C call
             elif isfinite(sum(r.fields.values())):
                 rows.append((r.node, r.time_s, policy, line_head(r)))
             else:  # no store takes NaN or infinity: set aside now, never blocking the queue

@@ -55,28 +55,28 @@ def line_head(reading) -> str:
     if type(reading) is Reading:  # a node's series prefix never changes: build it once
         if reading.head is not None:  # formatted by verify, on the way
             return reading.head
-        key = (reading.status, reading.zone, reading.site, reading.node, reading.kind)
-        prefix = _PREFIXES.get(key)
+        series = (reading.status, reading.zone, reading.site, reading.node, reading.kind)
+        prefix = _PREFIXES.get(series)
         if prefix is None:
-            prefix = _PREFIXES[key] = _prefix(reading.measurement, reading.tags)
+            prefix = _PREFIXES[series] = line_series(reading)
             if len(_PREFIXES) > 100_000:
                 _PREFIXES.clear()
         # A node's values are fixed-point (raw x 10^exp, docs/protocol.md §7): written as
         # the nearest double to that, whatever arithmetic made them, so the text is the
         # canonical one the provenance digest covers (provenance.canonical_line).
         # Readings the anonymiser withheld share a few field sets: each is formatted once.
-        key = tuple(reading.fields.items())
-        text = _FIELD_TEXTS.get(key)
+        items = tuple(reading.fields.items())
+        text = _FIELD_TEXTS.get(items)
         if text is None:
-            text = ",".join([f"{k}={fixed_point(k, v)!r}" for k, v in sorted(key)])
+            text = ",".join([f"{k}={fixed_point(k, v)!r}" for k, v in sorted(items)])
             # equal values print alike, except 0.0 and -0.0 where fixed_point keeps the sign
-            if all(v != 0 or k in _SCALE for k, v in key):
+            if all(v != 0 or k in _SCALE for k, v in items):
                 if len(_FIELD_TEXTS) > 10_000:
                     _FIELD_TEXTS.clear()
-                _FIELD_TEXTS[key] = text
+                _FIELD_TEXTS[items] = text
         return prefix + text
     else:  # gap records, heartbeats, provenance points: few, and their tags vary
-        prefix = _prefix(reading.measurement, reading.tags)
+        prefix = line_series(reading)
     fields = reading.fields
     if len(fields) == 1:
         ((k, v),) = fields.items()
@@ -86,7 +86,8 @@ def line_head(reading) -> str:
 
 def line_series(reading) -> str:
     """The start of a reading's line head: measurement and tags, then a space."""
-    return _prefix(reading.measurement, reading.tags)
+    tags = ",".join(f"{k}={_escape_tag(str(v))}" for k, v in sorted(reading.tags.items()))
+    return f"{_escape_measurement(reading.measurement)},{tags} "
 
 
 def line_protocol(reading) -> str:
@@ -111,11 +112,6 @@ def fixed_point(name: str, value: float) -> float:
     if not -1e15 < x < 1e15:  # NaN or infinite: refused at commit, by the stores
         return float(value)
     return (int(x + 0.5) if x >= 0 else -int(-x + 0.5)) / scale
-
-
-def _prefix(measurement: str, tags: dict[str, str]) -> str:
-    tag_text = ",".join(f"{k}={_escape_tag(str(v))}" for k, v in sorted(tags.items()))
-    return f"{_escape_measurement(measurement)},{tag_text} "
 
 
 def _escape_tag(value: str) -> str:
