@@ -1,6 +1,6 @@
-# The board's entry point.  Provisioning installs this file as /main.py, which MicroPython
-# runs after boot.py; there __name__ is "__main__".  Imported as firmware.main (tests, the
-# module checks) it does nothing.
+# The board's entry point: the /main.py stub that provisioning installs (firmware/slots.py,
+# MAIN_PY) calls start() after boot.py has put the active firmware slot on sys.path.
+# Imported (tests, the module checks) it does nothing.
 #
 # In: the board.  Out: a running node (node.run never returns on a board).
 # On failure: an exception escaping the node is printed and the board resets, so the

@@ -4,8 +4,9 @@ In:  the firmware source tree (this checkout's `firmware/`) and the board's nati
      architecture (None for bytecode only, or an mpy-cross `-march` value such as
      "xtensawin" for an ESP32-S3 or "armv6m" for a Pico W).
 Out: a `FirmwareBuild`: the files as they go into a firmware slot on the board
-     (`firmware/*.mpy`, plus `main.py` as source, which MicroPython runs only from a .py
-     file), each with its SHA-256 and size, and the manifest that names them all.  The
+     (`firmware/**/*.mpy`; the board's own /boot.py and /main.py are fixed stubs from
+     firmware/slots.py), each with its SHA-256 and size, and the manifest that names them
+     all.  The
      manifest's hash names the build: two builds with the same hash are the same firmware.
 On failure: `BuildError` naming the module and mpy-cross's message (a syntax error in a
      firmware module, or no mpy-cross installed).
@@ -28,10 +29,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 FIRMWARE_DIR = REPO / "firmware"
-# Not installed as a module: manifest.py describes the package to MicroPython's build
-# tools (freezing); main.py is the board's entry point and is installed as source.
-NOT_COMPILED = {"manifest.py", "main.py"}
-ENTRY_POINT = "main.py"
+# Not installed: manifest.py describes the package to MicroPython's build tools (freezing).
+NOT_INSTALLED = {"manifest.py"}
 MANIFEST_NAME = "MANIFEST.json"
 MANIFEST_FORMAT = 1
 # `-march` values mpy-cross 1.27 accepts; None compiles bytecode only (loads on any port).
@@ -115,7 +114,7 @@ def _mpy_cross_version(binary: Path) -> str:
 
 def _sources(source: Path) -> list[Path]:
     return sorted(p for p in source.rglob("*.py")
-                  if p.name != "manifest.py" and "__pycache__" not in p.parts)
+                  if p.name not in NOT_INSTALLED and "__pycache__" not in p.parts)
 
 
 def _cache_root() -> Path:
@@ -143,10 +142,6 @@ def build_firmware(arch: str | None = None, source: Path = FIRMWARE_DIR,
     files = []
     for path in sources:
         rel = path.relative_to(source).as_posix()
-        if rel == ENTRY_POINT:
-            data = path.read_bytes()
-            files.append(FirmwareFile(ENTRY_POINT, data, hashlib.sha256(data).hexdigest()))
-            continue
         board_path = "firmware/" + rel[:-3] + ".mpy"
         cached = cache / board_path
         if not cached.is_file():
