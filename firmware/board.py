@@ -221,19 +221,25 @@ class WifiNet:
         return UmqttClient(client_id, host, port, keepalive_s, tls)
 
 
-def build(root=ROOT, wdt_timeout_ms=WDT_TIMEOUT_MS):
-    """The board's Hardware, with the parts the configured node kind needs."""
+def build(root=ROOT, wdt_timeout_ms=WDT_TIMEOUT_MS, kind=None, pins=None):
+    """The board's Hardware, with the parts the configured node kind needs.  `kind` and
+    `pins` override config.json (provisioning's self-test, before or after enrolment);
+    `wdt_timeout_ms` None starts no watchdog (it cannot be stopped once started)."""
     import machine
 
     flash = hal.Flash(root)
     doc = config.peek(flash) or {}
-    kind = doc.get("kind")
+    if kind is None:
+        kind = doc.get("kind")
     board = doc.get("board")
     if not isinstance(board, dict):
         board = {}
-    pins = dict(DEFAULT_PINS.get(sys.platform, {}))
+    pins_used = dict(DEFAULT_PINS.get(sys.platform, {}))
     if isinstance(board.get("pins"), dict):
-        pins.update(board["pins"])
+        pins_used.update(board["pins"])
+    if pins:
+        pins_used.update(pins)
+    pins = pins_used
     i2c = uart = i2s = ble = None
     if kind == "air":
         i2c = _part("I2C", _i2c, pins, board)
@@ -244,7 +250,8 @@ def build(root=ROOT, wdt_timeout_ms=WDT_TIMEOUT_MS):
         ble = _part("BLE", lambda p, b: BleScanner(), pins, board)
     net = _part("Wi-Fi", lambda p, b: WifiNet(), pins, board)
     return hal.Hardware(
-        clock=BoardClock(), flash=flash, wdt=Watchdog(wdt_timeout_ms), rng=Rng(), i2c=i2c,
+        clock=BoardClock(), flash=flash,
+        wdt=Watchdog(wdt_timeout_ms) if wdt_timeout_ms else None, rng=Rng(), i2c=i2c,
         uart=uart, i2s=i2s, ble=ble, net=net, reset_cause=machine.reset_cause(),
         name=sys.platform,
     )

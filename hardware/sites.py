@@ -98,6 +98,37 @@ def find_site(site_id: str, path: str | Path | None = None) -> Site:
     return sites[site_id]
 
 
+def placement(zone_id: str, site_id: str, kind: str,
+              path: str | Path | None = None) -> NodePlacement:
+    """The node of `kind` at `site_id` in `zone_id`, checked against the zones file: an
+    unknown zone, a site of another zone or a kind the site does not have is a ZonesError
+    that says what is known, with a "did you mean" for typos."""
+    import difflib
+
+    zones = {z.id: z for z in load_zones(path)}
+    if zone_id not in zones:
+        near = difflib.get_close_matches(zone_id, zones, n=1)
+        hint = f" Did you mean {near[0]!r}?" if near else ""
+        raise ZonesError(f"zone {zone_id!r} is not in the zones file; known zones: "
+                         f"{', '.join(sorted(zones))}.{hint}")
+    zone = zones[zone_id]
+    sites = {s.id: s for s in zone.sites}
+    if site_id not in sites:
+        other = next((z.id for z in zones.values() for s in z.sites if s.id == site_id), None)
+        if other is not None:
+            raise ZonesError(f"site {site_id!r} is in zone {other!r}, not {zone_id!r}: give "
+                             f"--zone {other}")
+        near = difflib.get_close_matches(site_id, sites, n=1)
+        hint = f" Did you mean {near[0]!r}?" if near else ""
+        raise ZonesError(f"site {site_id!r} is not a site of {zone_id}; its sites: "
+                         f"{', '.join(sorted(sites))}.{hint}")
+    for found in load_placements(path):
+        if found.zone == zone_id and found.site == site_id and found.kind == kind:
+            return found
+    raise ZonesError(f"site {site_id} has no {kind} node in the zones file (it has "
+                     f"{', '.join(sites[site_id].kinds) or 'none'}); add it there first")
+
+
 def load_placements(path: str | Path | None = None) -> list[NodePlacement]:
     """Every node of every site.  Node ids are derived, so a placement keeps its id:
     zone number << 16 | site number (1-based) << 4 | kind id."""
