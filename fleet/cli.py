@@ -19,7 +19,25 @@ def register(groups) -> None:
     enrol.add_argument("--kind", required=True, choices=["air", "noise", "crowd"])
     enrol.add_argument("--zone", required=True)
     enrol.add_argument("--site", required=True)
+    enrol.add_argument("--zones", metavar="TOML",
+                       help="zones file the zone and site must be in (default: the packaged "
+                       "hardware/data/zones.toml)")
     enrol.set_defaults(handler=command_enrol)
+    imp = sub.add_parser("import", help="add the nodes of a technician's enrolment bundle",
+                         description="Opens every entry of an enrolment bundle (provisioning) "
+                         "with the fleet's enrolment private key and adds the nodes to the "
+                         "keyring. All or nothing: a tampered entry refuses the whole bundle.")
+    imp.add_argument("bundle", metavar="BUNDLE")
+    imp.add_argument("--keyring", required=True, metavar="PATH")
+    imp.add_argument("--enrol-key", required=True, metavar="PEM",
+                     help="the fleet's enrolment private key (enrol-x25519.pem)")
+    imp.add_argument("--zones", metavar="TOML")
+    imp.set_defaults(handler=command_import)
+    ek = sub.add_parser("enrol-key", help="the fleet's enrolment key (X25519) for bundles")
+    ek_sub = ek.add_subparsers(dest="ek_command", metavar="COMMAND", required=True)
+    ek_init = ek_sub.add_parser("init", help="make the key pair; give the .pub to technicians")
+    ek_init.add_argument("--dir", required=True, metavar="DIR")
+    ek_init.set_defaults(handler=command_enrol_key_init)
     ls = sub.add_parser("list", help="list nodes (never their keys)")
     ls.add_argument("--keyring", required=True, metavar="PATH")
     ls.set_defaults(handler=command_list)
@@ -119,13 +137,74 @@ def _node_id(text: str) -> int:
 def command_enrol(args: argparse.Namespace) -> int:
     from fleet.keyring import KeyringError
 
+    node_id = _node_id(args.node)
+    _check_place(args.zone, args.site, args.kind, args.zones)
     ring = _load(args.keyring, create=True)
     try:
-        entry = ring.enrol(_node_id(args.node), args.kind, args.zone, args.site)
+        entry = ring.enrol(node_id, args.kind, args.zone, args.site)
     except KeyringError as exc:
         raise UserError(str(exc), 2) from exc
     ring.save(args.keyring)
     print(f"enrolled {entry.node} ({entry.kind}, {entry.zone}/{entry.site}) in {args.keyring}")
+    return 0
+
+
+def _check_place(zone: str, site: str, kind: str, zones: str | None) -> None:
+    from hardware.sites import ZonesError, placement
+
+    try:
+        placement(zone, site, kind, zones)
+    except ZonesError as exc:
+        raise UserError(str(exc), 2) from None
+
+
+def command_enrol_key_init(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fleet.bundle import BundleError, init_enrol_key
+
+    try:
+        private, public = init_enrol_key(Path(args.dir))
+    except BundleError as exc:
+        raise UserError(str(exc), 2) from None
+    print(f"fleet enrolment key: {private} (private: keep it with the fleet, never on a "
+          f"technician's laptop); give {public} to technicians")
+    return 0
+
+
+def command_import(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fleet.bundle import BundleError, fingerprint, load_private_key, open_bundle
+    from fleet.keyring import KeyringError, NodeEntry
+
+    try:
+        opened = open_bundle(Path(args.bundle), load_private_key(Path(args.enrol_key)))
+    except BundleError as exc:
+        raise UserError(str(exc), 2) from None
+    ring = _load(args.keyring, create=True)
+    added, present = [], []
+    for entry, key in opened:
+        _check_place(entry["zone"], entry["site"], entry["kind"], args.zones)
+        node_id = int(entry["node"], 16)
+        known = ring.get(node_id)
+        if known is not None:
+            if fingerprint(known.keys.get(entry["key_id"], b"")) == entry["fingerprint"]:
+                present.append(entry["node"])
+                continue
+            raise UserError(f"node {entry['node']} is in {args.keyring} already with another "
+                            "key: a node id is enrolled once; revoke the old board's entry "
+                            "and give the new board a new node id. Nothing was imported", 2)
+        try:
+            ring.add(NodeEntry(node_id, entry["kind"], entry["zone"], entry["site"],
+                               {entry["key_id"]: key}))
+        except KeyringError as exc:
+            raise UserError(f"{exc}. Nothing was imported", 2) from None
+        added.append(entry["node"])
+    ring.save(args.keyring)
+    print(f"imported {len(added)} node(s) into {args.keyring}"
+          + (f": {', '.join(added)}" if added else "")
+          + (f"; {len(present)} already there" if present else ""))
     return 0
 
 

@@ -15,9 +15,10 @@ How, in order (each step one or a few raw-REPL commands through mpremote's trans
  1. Ask the active slot's own firmware.slots what is installed and what each of its files
     hashes to on flash now (corrupt files show up here).
  2. Same manifest and every hash right: nothing to send (a re-install takes seconds).
- 3. Otherwise empty the inactive slot, write the new manifest into it, copy on the board
-    every file whose bytes the active slot already holds, and send the rest in base64
-    chunks of a few KB per command (far fewer round trips than one per 256 bytes).
+ 3. Otherwise empty the inactive slot (unless it holds a cut install of this same build,
+    whose good files are kept), write the new manifest into it, copy on the board every
+    file whose bytes the active slot already holds, and send the rest in base64 chunks of
+    a few KB per command (far fewer round trips than mpremote's one per 256 bytes).
  4. Hash every staged file on the board; resend any that differ, once.
  5. From the staged slot's own code: write boot.py/main.py if they differ, then
     slots.switch() (which checks every file again before it moves the pointer).
@@ -57,7 +58,8 @@ class InstallReport:
     unchanged: bool = False
     sent_files: list[str] = field(default_factory=list)
     sent_bytes: int = 0
-    reused_files: list[str] = field(default_factory=list)
+    reused_files: list[str] = field(default_factory=list)  # copied on the board
+    resumed_files: list[str] = field(default_factory=list)  # staged by a cut install before
     found_wrong: list[str] = field(default_factory=list)  # files corrupt on the board before
     resent: list[str] = field(default_factory=list)  # files that did not land right once
     stubs_written: list[str] = field(default_factory=list)
@@ -73,7 +75,8 @@ class InstallReport:
             "slot": self.slot, "version": self.version,
             "manifest_sha256": self.manifest_sha256, "unchanged": self.unchanged,
             "sent_files": len(self.sent_files), "sent_bytes": self.sent_bytes,
-            "reused_files": len(self.reused_files), "found_wrong": self.found_wrong,
+            "reused_files": len(self.reused_files),
+            "resumed_files": len(self.resumed_files), "found_wrong": self.found_wrong,
             "resent": self.resent, "stubs_written": self.stubs_written,
             "seconds": round(self.seconds, 3),
             "bytes_per_s": round(self.bytes_per_s),
@@ -100,6 +103,10 @@ else:
     a = slots.active_slot()
     st["active"] = a
     st["hashes"] = slots.file_hashes(a) if a else {}
+    b = slots.other(a) if a else "a"
+    staged = st["slots"].get(b)
+    # a cut install of this same build: what it staged already need not be sent again
+    st["staged"] = slots.file_hashes(b) if staged and staged["manifest"] == NEW else {}
     print(json.dumps(st))
 """
 
@@ -113,15 +120,17 @@ def _use_slot_code(slot: str) -> str:
         "from firmware import slots\n")
 
 
-def board_state(link: BoardLink) -> dict | None:
-    """What the board's active firmware says about its slots; None without our firmware."""
-    return link.exec_json(_STATE, "reading the installed firmware")
+def board_state(link: BoardLink, manifest_sha256: str = "") -> dict | None:
+    """What the board's active firmware says about its slots; None without our firmware.
+    `staged`: hashes of the inactive slot's files when it holds `manifest_sha256`."""
+    return link.exec_json(_STATE.replace("NEW", repr(manifest_sha256)),
+                          "reading the installed firmware")
 
 
 def install(link: BoardLink, build: FirmwareBuild, progress: Progress | None = None,
             force: bool = False) -> InstallReport:
     started = time.monotonic()
-    state = board_state(link)
+    state = board_state(link, build.manifest_sha256)
     expected = {f.path: f.sha256 for f in build.files}
     active = state["active"] if state else None
     on_board = state["hashes"] if state else {}
@@ -140,18 +149,24 @@ def install(link: BoardLink, build: FirmwareBuild, progress: Progress | None = N
 
     target = slots.other(active) if active else "a"
     report.slot = target
-    _empty_slot(link, target, active is not None)
     base = slots.slot_dir(target)
-    _write(link, f"{base}/{MANIFEST_NAME}", build.manifest_bytes(), "the manifest")
+    staged = state["staged"] if state else {}
+    if not staged or force:
+        staged = {}
+        _empty_slot(link, target, active is not None)
+        _write(link, f"{base}/{MANIFEST_NAME}", build.manifest_bytes(), "the manifest")
+    report.resumed_files = sorted(p for p, sha in expected.items() if staged.get(p) == sha)
 
-    reuse = [f for f in build.files if on_board.get(f.path) == f.sha256]
+    reuse = [f for f in build.files
+             if on_board.get(f.path) == f.sha256 and staged.get(f.path) != f.sha256]
     if reuse:
         pairs = [(f"{slots.slot_dir(active)}/{f.path}", f"{base}/{f.path}") for f in reuse]
         link.exec(_use_slot_code(active) + _mkdirs_code([d for _, d in pairs]) +
                   f"for s, d in {pairs!r}:\n    slots.copy_file(s, d)\n",
                   "copying unchanged files on the board")
         report.reused_files = [f.path for f in reuse]
-    send = [f for f in build.files if on_board.get(f.path) != f.sha256]
+    send = [f for f in build.files
+            if on_board.get(f.path) != f.sha256 and staged.get(f.path) != f.sha256]
     total = sum(f.size for f in send)
     sent = 0
     send_started = time.monotonic()

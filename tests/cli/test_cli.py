@@ -83,8 +83,12 @@ def test_bad_arguments_say_what_to_do():
     r = dordt("fleet", "enrol", "--keyring", "/tmp/x.json", "--node", "XYZ", "--kind", "air",
               "--zone", "z", "--site", "s")
     assert r.returncode == 2 and "8 lower-case hex digits" in r.stderr
-    r = dordt("provision")
-    assert r.returncode == 2 and "planned, not built" in r.stderr
+    r = dordt("fleet", "enrol", "--keyring", "/tmp/x.json", "--node", "0001001a", "--kind",
+              "air", "--zone", "rotterdam", "--site", "nowhere")
+    assert r.returncode == 2 and "zone 'rotterdam' is not in the zones file" in r.stderr
+    r = dordt("fleet", "enrol", "--keyring", "/tmp/x.json", "--node", "0001001a", "--kind",
+              "air", "--zone", "spoorzone", "--site", "spz-1")
+    assert r.returncode == 2 and "Did you mean 'spz-01'?" in r.stderr
 
 
 def test_fleet_commands_never_print_keys(tmp_path):
