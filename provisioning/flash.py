@@ -465,7 +465,8 @@ def command_flash(args: argparse.Namespace) -> int:
         result = flash(args.board, image=args.image, cache_dir=args.cache, port=args.port,
                        drive=args.drive, record_sha256=args.record_sha256,
                        trust_file=args.trust_file, erase_all=args.erase_all,
-                       progress=bar.update, say=lambda line: out.print(line, markup=False, soft_wrap=True))
+                       progress=bar.update,
+                       say=lambda line: out.print(line, markup=False, soft_wrap=True))
     if as_json:
         print(json.dumps(result.as_dict(), sort_keys=True))
         return 0
