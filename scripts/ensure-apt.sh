@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # ensure-apt.sh [PACKAGE...]: install the Debian packages the test suite runs for real
-# (default: mosquitto and victoria-metrics) unless their programs are already there, and
-# libcrypto's headers for the optional C frame path (setup.py; without them it is skipped).
+# (default: mosquitto and victoria-metrics) unless their programs are already there,
+# libcrypto's headers for the optional C frame path (setup.py; without them it is skipped),
+# and the label tests' QR decoder (zbar-tools: zbarimg) and SVG renderer (librsvg2-bin:
+# rsvg-convert).
 set -euo pipefail
 if [ $# -eq 0 ]; then
     want=()
     [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null || want+=(mosquitto)
     command -v victoria-metrics >/dev/null || want+=(victoria-metrics)
     [ -f /usr/include/openssl/sha.h ] || want+=(libssl-dev)
+    command -v zbarimg >/dev/null || want+=(zbar-tools)
+    command -v rsvg-convert >/dev/null || want+=(librsvg2-bin)
 else
     want=("$@")
 fi
