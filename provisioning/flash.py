@@ -51,11 +51,14 @@ ESP_BAUD = 460800  # MicroPython's documented esptool rate; native USB ignores i
 ESP_CONNECT_ATTEMPTS = 7  # esptool's own default (a few seconds on a silent port)
 ESP_IMAGE_MAGIC = 0xE9  # first byte of an ESP image (esptool bin_image.ESPLoader.ESP_IMAGE_MAGIC)
 # UF2 block (github.com/microsoft/uf2, "File format"): 512 bytes, magics at 0, 4 and 508;
-# flag 0x2000 says word 7 holds a family id; RP2040's is 0xE48BFF56.
+# flag 0x2000 says word 7 holds a family id (pico-sdk boot/uf2.h: RP2040 0xE48BFF56,
+# "absolute" 0xE48BFF57 for blocks written at a fixed address on any RP2 chip).
+UF2_BLOCK_BYTES = 512
 UF2_MAGIC_START = (0x0A324655, 0x9E5D5157)
 UF2_MAGIC_END = 0x0AB16F30
 UF2_FAMILY_FLAG = 0x00002000
 UF2_FAMILY_RP2040 = 0xE48BFF56
+UF2_FAMILY_ABSOLUTE = 0xE48BFF57
 UF2_REBOOT_WAIT_S = 15.0
 COPY_CHUNK_BYTES = 64 * 1024
 
@@ -174,15 +177,23 @@ def image_format_problem(board: Board, data: bytes) -> str | None:
             return (f"an ESP image starts with byte {ESP_IMAGE_MAGIC:#04x}, this one with "
                     f"{data[0]:#04x}")
         return None
-    if len(data) % 512 or len(data) < 512:
-        return "a UF2 file is made of 512-byte blocks"
-    start0, start1, flags = struct.unpack_from("<III", data, 0)
-    (family,) = struct.unpack_from("<I", data, 28)
-    (end,) = struct.unpack_from("<I", data, 508)
-    if (start0, start1) != UF2_MAGIC_START or end != UF2_MAGIC_END:
-        return "it is not a UF2 file"
-    if flags & UF2_FAMILY_FLAG and family != UF2_FAMILY_RP2040:
-        return f"it is a UF2 for another chip family ({family:#010x}, RP2040 is " \
+    if len(data) % UF2_BLOCK_BYTES or len(data) < UF2_BLOCK_BYTES:
+        return f"a UF2 file is made of {UF2_BLOCK_BYTES}-byte blocks"
+    families = set()
+    for offset in range(0, len(data), UF2_BLOCK_BYTES):
+        start0, start1, flags = struct.unpack_from("<III", data, offset)
+        (family,) = struct.unpack_from("<I", data, offset + 28)
+        (end,) = struct.unpack_from("<I", data, offset + UF2_BLOCK_BYTES - 4)
+        if (start0, start1) != UF2_MAGIC_START or end != UF2_MAGIC_END:
+            return f"it is not a UF2 file (block {offset // UF2_BLOCK_BYTES} is not one)"
+        if flags & UF2_FAMILY_FLAG:
+            families.add(family)
+    # an "absolute" block (a partition table, or picotool's RP2350-E10 workaround) goes
+    # with any chip: the chip is told by the other blocks
+    families.discard(UF2_FAMILY_ABSOLUTE)
+    if families - {UF2_FAMILY_RP2040}:
+        others = ", ".join(f"{f:#010x}" for f in sorted(families - {UF2_FAMILY_RP2040}))
+        return f"it is a UF2 for another chip family ({others}; RP2040 is " \
                f"{UF2_FAMILY_RP2040:#010x})"
     return None
 
@@ -366,7 +377,8 @@ def pick_serial_port(board: Board, found: list[ports.FoundPort] | None = None) -
     """The one serial port a board of this profile is on (`--port` left out)."""
     if found is None:
         found = ports.list_ports()
-    mine = [p.port for p in found if p.board == board.id and p.kind in ("serial", "virtual")]
+    # a virtual board has no bootloader to flash: only USB serial ports count
+    mine = [p.port for p in found if p.board == board.id and p.kind == "serial"]
     if not mine:
         raise UserError(f"no {board.name} found on a serial port: plug it in (a data cable), "
                         "check `dordt provision ports`, or give --port PORT", EXIT_BOARD)
@@ -401,6 +413,9 @@ def flash(board_id: str, *, image: Path | None = None, cache_dir: Path | None = 
     img = read_image(board, image_path(board, image, cache_dir))
     trust_file = Path(trust_file) if trust_file else default_trust_file()
     source = trusted_by(board, img, trust_file)
+    if source is not None and record_sha256:
+        say(f"image {img.path.name}: sha256 {img.sha256} is trusted already (by the "
+            f"{source}); nothing recorded")
     if source is None:
         if not record_sha256:
             raise UserError(unknown_hash_message(board, img, trust_file), EXIT_BAD_INPUT)

@@ -23,13 +23,15 @@ from provisioning import flash, ports
 UF2_BLOCK_BYTES = 512
 
 
-def uf2_image(blocks: int = 8, family: int = flash.UF2_FAMILY_RP2040, seed: int = 1) -> bytes:
+def uf2_image(blocks: int = 8, family: int = flash.UF2_FAMILY_RP2040, seed: int = 1,
+              absolute_first: bool = False) -> bytes:
     """A well-formed UF2 file (github.com/microsoft/uf2): 256 payload bytes per block."""
     out = bytearray()
     for n in range(blocks):
         payload = bytes((seed + n + i) & 0xFF for i in range(256)).ljust(476, b"\0")
+        fam = flash.UF2_FAMILY_ABSOLUTE if absolute_first and n == 0 else family
         out += struct.pack("<8I", 0x0A324655, 0x9E5D5157, 0x2000, 0x10000000 + 256 * n,
-                           256, n, blocks, family) + payload + struct.pack("<I", 0x0AB16F30)
+                           256, n, blocks, fam) + payload + struct.pack("<I", 0x0AB16F30)
     assert len(out) == blocks * UF2_BLOCK_BYTES
     return bytes(out)
 
@@ -191,7 +193,9 @@ def test_missing_image_says_where_to_get_it(tmp_path):
 
 @pytest.mark.parametrize("board,data,why", [
     ("pico-w", esp_image(), "not a UF2 file"),
-    ("pico-w", uf2_image(family=0xE48BFF59), "another chip family"),
+    ("pico-w", uf2_image(family=0xE48BFF59), "another chip family (0xe48bff59"),
+    ("pico-w", uf2_image(family=0xE48BFF59, absolute_first=True), "another chip family"),
+    ("pico-w", uf2_image()[:512] + esp_image(512), "block 1 is not one"),
     ("pico-w", uf2_image()[:700], "512-byte blocks"),
     ("esp32-s3-devkitc-1", uf2_image(), "an ESP image starts with byte 0xe9"),
     ("esp32-s3-devkitc-1", b"", "empty"),
@@ -205,6 +209,11 @@ def test_an_image_for_another_board_is_refused_before_its_hash(tmp_path, board, 
                     port=port, drive_roots=[tmp_path])
     assert err.value.exit_code == 2 and why in str(err.value)
     assert not (tmp_path / "t.toml").exists()
+
+
+def test_an_rp2040_image_may_start_with_an_absolute_block():
+    board = flash.board_profile("pico-w")
+    assert flash.image_format_problem(board, uf2_image(absolute_first=True)) is None
 
 
 def test_bad_input_is_refused(tmp_path):
