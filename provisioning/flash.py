@@ -280,9 +280,12 @@ def find_boot_drive(drive: Path | None = None, roots=None) -> Path:
 
 
 def copy_uf2(image: Image, drive: Path, progress: Progress | None = None,
-             reboot_wait_s: float = UF2_REBOOT_WAIT_S) -> bool:
-    """Copy the UF2 onto the boot drive in one pass and fsync it; True when the drive went
-    away within `reboot_wait_s` (the board took the image and rebooted).
+             reboot_wait_s: float = UF2_REBOOT_WAIT_S) -> str:
+    """Copy the UF2 onto the boot drive in one pass and fsync it.  Returns "rebooted" (the
+    drive went away afterwards: the board took the image), "gone at close" (every byte was
+    handed over and the drive vanished while the file was being closed: most likely the
+    reboot, which can come before the file system's last writes) or "stayed" (the drive is
+    still there after `reboot_wait_s`: the board did not take it).
 
     Straight to its final name: the boot ROM flashes each block as it arrives whatever the
     file is called, so a temporary name and a rename would protect nothing."""
@@ -304,13 +307,13 @@ def copy_uf2(image: Image, drive: Path, progress: Progress | None = None,
                 f"the copy onto {drive} stopped after {written} of {total} bytes "
                 f"({exc.strerror or exc}); the Pico W cannot be harmed this way (its boot ROM "
                 f"is read-only): {BOOTSEL_HINT}", EXIT_BOARD) from None
-        # all bytes out and the drive gone: the board rebooted before the close finished
+        return "gone at close"
     deadline = time.monotonic() + reboot_wait_s
     while drive_present(drive):
         if time.monotonic() >= deadline:
-            return False
+            return "stayed"
         time.sleep(0.1)
-    return True
+    return "rebooted"
 
 
 def drive_present(drive: Path) -> bool:
@@ -425,7 +428,12 @@ def flash(board_id: str, *, image: Path | None = None, cache_dir: Path | None = 
         say(f"recorded as trusted for {board.id} in {trust_file}; later runs accept it")
     if method == "uf2":
         target = find_boot_drive(drive, drive_roots)
-        rebooted = copy_uf2(img, target, progress, reboot_wait_s)
+        outcome = copy_uf2(img, target, progress, reboot_wait_s)
+        if outcome == "gone at close":
+            say(f"the drive {target} went away while the copy was being closed: the board most "
+                "likely took the image and rebooted; `dordt provision ports` lists it as a "
+                "serial port (MicroPython USB CDC) when it did")
+        rebooted = outcome != "stayed"
         if not rebooted:
             raise UserError(
                 f"{img.path.name} was copied onto {target}, but the drive is still there "

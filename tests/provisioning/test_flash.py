@@ -157,6 +157,50 @@ def test_a_drive_that_stays_means_the_board_did_not_take_the_image(tmp_path, boo
     assert (boot_drive / "pico.uf2").read_bytes() == image.read_bytes()
 
 
+def test_drive_gone_while_closing_is_most_likely_the_reboot(tmp_path, boot_drive,
+                                                           monkeypatch):
+    """A real boot ROM can reboot before the file system's last writes, so the final fsync
+    fails with EIO on a drive that is gone; USB unplugging is the one thing played here."""
+    import errno
+
+    image = tmp_path / "pico.uf2"
+    image.write_bytes(uf2_image())
+
+    real_fsync = os.fsync
+
+    def unplugged(fd):
+        if not os.readlink(f"/proc/self/fd/{fd}").endswith(".uf2"):
+            return real_fsync(fd)  # the trust file, written before the copy
+        (boot_drive / "INFO_UF2.TXT").unlink()
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(flash.os, "fsync", unplugged)
+    said = []
+    result = flash.flash("pico-w", image=image, drive=boot_drive, record_sha256=True,
+                         trust_file=tmp_path / "images.toml", say=said.append)
+    assert result.rebooted
+    assert any("most likely took the image" in line for line in said)
+
+
+def test_drive_gone_mid_copy_is_a_link_error(tmp_path, boot_drive, monkeypatch):
+    import errno
+
+    image = tmp_path / "pico.uf2"
+    image.write_bytes(uf2_image(blocks=400))  # more than one chunk
+
+    def unplugged(done, total):
+        if done < total:
+            (boot_drive / "INFO_UF2.TXT").unlink(missing_ok=True)
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    with pytest.raises(UserError) as err:
+        flash.flash("pico-w", image=image, drive=boot_drive, record_sha256=True,
+                    trust_file=tmp_path / "images.toml", progress=unplugged)
+    assert err.value.exit_code == 3
+    assert "stopped after 65536 of 204800 bytes" in str(err.value)
+    assert "BOOTSEL" in str(err.value)
+
+
 def test_no_boot_drive_says_hold_bootsel(tmp_path):
     image = tmp_path / "pico.uf2"
     image.write_bytes(uf2_image())
