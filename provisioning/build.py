@@ -117,9 +117,10 @@ def _sources(source: Path) -> list[Path]:
                   if p.name not in NOT_INSTALLED and "__pycache__" not in p.parts)
 
 
-def _cache_root() -> Path:
+def user_cache_dir(name: str) -> Path:
+    """~/.cache/dordt/NAME (or under $XDG_CACHE_HOME): builds, images."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "dordt" / "firmware-builds"
+    return Path(base) / "dordt" / name
 
 
 def build_firmware(arch: str | None = None, source: Path = FIRMWARE_DIR,
@@ -138,7 +139,7 @@ def build_firmware(arch: str | None = None, source: Path = FIRMWARE_DIR,
     for path in sources:
         key.update(path.relative_to(source).as_posix().encode() + b"\0")
         key.update(hashlib.sha256(path.read_bytes()).digest())
-    cache = (cache_dir or _cache_root()) / key.hexdigest()[:32]
+    cache = (cache_dir or user_cache_dir("firmware-builds")) / key.hexdigest()[:32]
     files = []
     for path in sources:
         rel = path.relative_to(source).as_posix()

@@ -42,6 +42,7 @@ from pathlib import Path
 from dordt.errors import UserError
 from hardware.profiles import Board, ProfileError, load_boards
 from provisioning import ports
+from provisioning.build import user_cache_dir
 
 EXIT_NOT_TAKEN = 1
 EXIT_BAD_INPUT = 2
@@ -121,8 +122,7 @@ def board_profile(board_id: str, profiles_root: Path | None = None) -> Board:
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "dordt" / "images"
+    return user_cache_dir("images")
 
 
 def default_trust_file() -> Path:

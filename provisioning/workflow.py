@@ -135,13 +135,14 @@ def run_board(plan: BoardPlan, args, report: Report) -> RunResult:
                     raise UserError("self-test failed: " + "; ".join(failed), 1)
 
         step = "label"
-        svg, png = label.label_paths(work / "labels", node)
+        svg, png = work / "labels" / f"{node}.svg", work / "labels" / f"{node}.png"
         if state.done("label") and svg.exists() and png.exists():
             report("label", f"label printed earlier: {svg}")
         else:
-            svg, png = label.write_label(done.public(), work / "labels")
-            state.record("label", True, f"{svg} and {png}")
-            report("label", f"label: {png}")
+            files = label.write_label(done.node, done.kind, done.zone, done.site,
+                                      work / "labels")
+            state.record("label", True, f"{files.svg} and {files.png}")
+            report("label", f"label: {files.svg}")
     except UserError as exc:
         if step not in state.doc["steps"] or state.doc["steps"][step].get("ok"):
             state.record(step, False, str(exc))
