@@ -82,6 +82,8 @@ def register(groups) -> None:
     _enrol_args(p)
     p.add_argument("--gateway-broker", metavar="URL",
                    help="self-test through a running gateway on this MQTT broker")
+    p.add_argument("--image", metavar="FILE", help="flash this MicroPython image first "
+                   "(ESP32-S3, needs --board; its SHA-256 must be known, see `flash`)")
     p.set_defaults(handler=workflow.command_run)
 
     p = sub.add_parser("batch", help="a tray of boards from a tray file, resumable")

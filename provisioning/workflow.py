@@ -12,7 +12,7 @@ On failure: a step that fails stops that board (its state says which step and wh
      1 when any board failed.  The steps themselves leave the board bootable (install) and
      never half-enrolled (enrol).
 
-Steps, in order: install (always run: it is idempotent and checks every file on the
+Steps, in order: flash (only with --image, ESP32-S3), install (always run: it is idempotent and checks every file on the
 board, so a board whose install was cut is finished here), enrol (skipped when the board
 holds the enrolment already), selftest (skipped when it passed for this enrolment),
 label (skipped when the label files exist).
@@ -101,6 +101,10 @@ def run_board(plan: BoardPlan, args, report: Report) -> RunResult:
     result = RunResult(node, False, state.doc["steps"])
     step = "install"
     try:
+        if getattr(args, "image", None) and not state.done("flash"):
+            step = "flash"
+            _flash(plan, args, report, state)
+            step = "install"
         with BoardLink(plan.port, timeout_s=args.timeout) as link:
             info = identify(link, getattr(args, "board", None))
             report("install", f"{info.name} on {plan.port}: installing firmware")
@@ -150,6 +154,24 @@ def run_board(plan: BoardPlan, args, report: Report) -> RunResult:
         raise
     result.ok = True
     return result
+
+
+def _flash(plan: BoardPlan, args, report: Report, state: RunState) -> None:
+    """MicroPython onto an ESP32-S3 first (a Pico W's boot drive is no serial port: flash it
+    with `dordt provision flash`, then run)."""
+    from provisioning import flash
+
+    if not getattr(args, "board", None):
+        raise UserError("--image needs --board (the image must match the board type)",
+                        EXIT_BAD_INPUT)
+    board = flash.board_profile(args.board)
+    if flash.flash_method(board) != "esptool":
+        raise UserError(f"a {board.name} is flashed from its boot drive, not over {plan.port}: "
+                        "run `dordt provision flash --board "
+                        f"{board.id}` first, then this command without --image", EXIT_BAD_INPUT)
+    report("flash", f"writing MicroPython onto the {board.name} on {plan.port}")
+    flash.flash(board.id, image=Path(args.image), port=plan.port)
+    state.record("flash", True, f"MicroPython from {args.image}")
 
 
 # -- CLI handlers ----------------------------------------------------------------------------
