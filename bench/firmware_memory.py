@@ -412,15 +412,21 @@ def _number(value: float) -> float | int:
     return int(value) if value == int(value) else value
 
 
-def main() -> None:
-    started = time.monotonic()
+def node_runs() -> dict[str, tuple[str, dict]]:
+    """Per kind: the setup request's code and the files it needs (fakes' data, simulators),
+    for up to LONG intervals."""
     tone = i2s.render_pcm(i2s.Sine(1000.0, 70.0), 0, AUDIO_BLOCK, FS)  # 32 whole periods
-    loud = i2s.render_pcm(i2s.Sine(1000.0, 90.0), 0, AUDIO_BLOCK, FS)
-    runs = {
+    return {
         "air": (_AIR, dict(mp_files(), **{"/data/air.json": json.dumps(air_data(LONG))})),
         "noise": (_NOISE, dict(mp_files(emulators=True), **{"/data/tone.raw": tone})),
         "crowd": (_CROWD, mp_files()),
     }
+
+
+def main() -> None:
+    started = time.monotonic()
+    loud = i2s.render_pcm(i2s.Sine(1000.0, 90.0), 0, AUDIO_BLOCK, FS)
+    runs = node_runs()
     source = source_files()
     installed = installed_files()
     mp = interpreter()

@@ -6,8 +6,18 @@
 # the others only from the kind of the same name.  Ids are never reused: a retired metric
 # keeps its row with its range closed, so old recordings still decode.
 #
-# Runs unchanged under MicroPython (no typing, no dataclasses).  RAM: the table is a tuple
-# of tuples built once at import (~3 KB on an ESP32-S3).
+# Runs unchanged under MicroPython (no typing, no dataclasses).
+#
+# RAM: the rows are one string (_TABLE, ~1.5 KB), read where a metric is looked up.
+# BY_ID and BY_NAME map ids and names to Metric objects.  Under CPython (gateway,
+# simulators, tools) they are plain dicts holding every Metric, made at import.  Under
+# MicroPython they are Registry mappings that make a Metric the first time it is looked
+# up and keep it: a node uses about 13 of the 54 metrics, and a Metric (an instance with
+# nine attributes) takes ~100 bytes of heap, so holding all of them, their rows and two
+# dicts cost a node ~9 KB (bench/firmware_memory.py).  Same rows, same Metric, same
+# order either way; tests/firmware/test_metrics.py checks the two against each other.
+
+import sys
 
 KIND_AIR = 1
 KIND_NOISE = 2
@@ -29,45 +39,46 @@ BAND_CENTRES_HZ = (
 # the node's RSSI floor, the last one is open-ended.
 RSSI_BIN_EDGES_DBM = (-90, -80, -70, -60)
 
-# (id, name, unit, exp, min, max, group)
-_ROWS = [
-    # air: BME680 and the particulate sensor (SDS011 / PMS5003)
-    (0x01, "temperature_c", "degC", -2, -40.0, 85.0, "air"),
-    (0x02, "humidity_pct", "%RH", -2, 0.0, 100.0, "air"),
-    (0x03, "pressure_hpa", "hPa", -2, 300.0, 1100.0, "air"),
-    (0x04, "gas_resistance_ohm", "ohm", 0, 0, 16000000, "air"),
-    (0x05, "pm25_ugm3", "ug/m3", -1, 0.0, 1000.0, "air"),
-    (0x06, "pm10_ugm3", "ug/m3", -1, 0.0, 2000.0, "air"),
-    (0x07, "pm1_ugm3", "ug/m3", -1, 0.0, 1000.0, "air"),
-    (0x08, "air_faults", "bitmask", 0, 0, 65535, "air"),
-    # noise: A-weighted levels over the reporting window
-    (0x20, "laeq_db", "dB(A)", -1, 0.0, 150.0, "noise"),
-    (0x21, "lamax_db", "dB(A)", -1, 0.0, 150.0, "noise"),
-    (0x22, "la10_db", "dB(A)", -1, 0.0, 150.0, "noise"),
-    (0x23, "la50_db", "dB(A)", -1, 0.0, 150.0, "noise"),
-    (0x24, "la90_db", "dB(A)", -1, 0.0, 150.0, "noise"),
-    (0x25, "noise_faults", "bitmask", 0, 0, 65535, "noise"),
-    # crowd: only counts ever leave a crowd node
-    (0x60, "crowd_count", "devices", 0, 0, 65535, "crowd"),
-    (0x61, "rssi_bin_0", "devices", 0, 0, 65535, "crowd"),
-    (0x62, "rssi_bin_1", "devices", 0, 0, 65535, "crowd"),
-    (0x63, "rssi_bin_2", "devices", 0, 0, 65535, "crowd"),
-    (0x64, "rssi_bin_3", "devices", 0, 0, 65535, "crowd"),
-    (0x65, "rssi_bin_4", "devices", 0, 0, 65535, "crowd"),
-    (0x66, "crowd_faults", "bitmask", 0, 0, 65535, "crowd"),
-    # status: any kind, in a frame of its own (see FLAG_STATUS in protocol.py)
-    (0xE0, "uptime_s", "s", 0, 0, 2147483647, GROUP_STATUS),
-    (0xE1, "free_heap_bytes", "bytes", 0, 0, 2147483647, GROUP_STATUS),
-    (0xE2, "reset_cause", "enum", 0, 0, 255, GROUP_STATUS),
-    (0xE3, "firmware_version", "MMmmpp", 0, 0, 999999, GROUP_STATUS),
-    (0xE4, "error_count", "count", 0, 0, 2147483647, GROUP_STATUS),
-    (0xE5, "dropped_frames", "count", 0, 0, 2147483647, GROUP_STATUS),
-    (0xE6, "supply_mv", "mV", 0, 0, 65535, GROUP_STATUS),
-]
-for _i in range(len(BAND_CENTRES_HZ)):
-    _ROWS.append(
-        (0x30 + _i, "band_" + BAND_CENTRES_HZ[_i] + "hz_db", "dB", -1, 0.0, 150.0, "noise")
-    )
+# One metric per line: id, name, unit, exp, min, max, group.  min and max with a decimal
+# point are floats, without one ints (to_raw_exp keeps ints exact).  The id is written as
+# 0x and two hex digits: lookups by name rely on that width.  The 1/3-octave band metrics,
+# 0x30 + index, are not listed: they are made from BAND_CENTRES_HZ (_band_row).
+_TABLE = """
+0x01 temperature_c       degC     -2  -40.0  85.0        air
+0x02 humidity_pct        %RH      -2  0.0    100.0       air
+0x03 pressure_hpa        hPa      -2  300.0  1100.0      air
+0x04 gas_resistance_ohm  ohm      0   0      16000000    air
+0x05 pm25_ugm3           ug/m3    -1  0.0    1000.0      air
+0x06 pm10_ugm3           ug/m3    -1  0.0    2000.0      air
+0x07 pm1_ugm3            ug/m3    -1  0.0    1000.0      air
+0x08 air_faults          bitmask  0   0      65535       air
+0x20 laeq_db             dB(A)    -1  0.0    150.0       noise
+0x21 lamax_db            dB(A)    -1  0.0    150.0       noise
+0x22 la10_db             dB(A)    -1  0.0    150.0       noise
+0x23 la50_db             dB(A)    -1  0.0    150.0       noise
+0x24 la90_db             dB(A)    -1  0.0    150.0       noise
+0x25 noise_faults        bitmask  0   0      65535       noise
+0x60 crowd_count         devices  0   0      65535       crowd
+0x61 rssi_bin_0          devices  0   0      65535       crowd
+0x62 rssi_bin_1          devices  0   0      65535       crowd
+0x63 rssi_bin_2          devices  0   0      65535       crowd
+0x64 rssi_bin_3          devices  0   0      65535       crowd
+0x65 rssi_bin_4          devices  0   0      65535       crowd
+0x66 crowd_faults        bitmask  0   0      65535       crowd
+0xe0 uptime_s            s        0   0      2147483647  status
+0xe1 free_heap_bytes     bytes    0   0      2147483647  status
+0xe2 reset_cause         enum     0   0      255         status
+0xe3 firmware_version    MMmmpp   0   0      999999      status
+0xe4 error_count         count    0   0      2147483647  status
+0xe5 dropped_frames      count    0   0      2147483647  status
+0xe6 supply_mv           mV       0   0      65535       status
+"""
+# Groups in the table: air (BME680 and the particulate sensor, SDS011 / PMS5003); noise
+# (A-weighted levels over the reporting window); crowd (only counts ever leave a crowd
+# node); status (any kind, in a frame of its own: FLAG_STATUS in protocol.py).
+_BAND_ID = 0x30
+_BAND_PREFIX = "band_"
+_BAND_SUFFIX = "hz_db"
 
 
 class Metric:
@@ -114,13 +125,135 @@ def to_value_exp(raw, exp):
     return float(raw * (10**exp))
 
 
-BY_ID = {}
-BY_NAME = {}
-for _row in _ROWS:
-    _m = Metric(*_row)
-    BY_ID[_m.id] = _m
-    BY_NAME[_m.name] = _m
-del _row, _m, _i
+def _number(text):
+    return float(text) if "." in text else int(text)
+
+
+def _row_at(start):
+    """The row of the _TABLE line starting at `start`."""
+    f = _TABLE[start:_TABLE.find("\n", start)].split()
+    return int(f[0], 16), f[1], f[2], int(f[3]), _number(f[4]), _number(f[5]), f[6]
+
+
+def _band_row(index):
+    return (_BAND_ID + index, _BAND_PREFIX + BAND_CENTRES_HZ[index] + _BAND_SUFFIX, "dB", -1,
+            0.0, 150.0, "noise")
+
+
+def _row_of_id(metric_id):
+    if not isinstance(metric_id, int) or metric_id < 0 or metric_id > 0xFF:
+        return None
+    if _BAND_ID <= metric_id < _BAND_ID + len(BAND_CENTRES_HZ):
+        return _band_row(metric_id - _BAND_ID)
+    at = _TABLE.find("\n0x%02x " % metric_id)
+    return None if at < 0 else _row_at(at + 1)
+
+
+def _row_of_name(name):
+    if not isinstance(name, str) or not name or " " in name or "\n" in name:
+        return None
+    if name.startswith(_BAND_PREFIX) and name.endswith(_BAND_SUFFIX):
+        centre = name[len(_BAND_PREFIX):len(name) - len(_BAND_SUFFIX)]
+        for i in range(len(BAND_CENTRES_HZ)):
+            if BAND_CENTRES_HZ[i] == centre:
+                return _band_row(i)
+        return None
+    at = _TABLE.find(" " + name + " ")
+    while at >= 0:
+        if _TABLE[at - 5] == "\n":  # the name column: after "\n0xNN"
+            return _row_at(at - 4)
+        at = _TABLE.find(" " + name + " ", at + 1)
+    return None
+
+
+def _rows():
+    """Every row, in registry order: the table's, then the bands'."""
+    at = _TABLE.find("\n") + 1
+    while at < len(_TABLE):
+        yield _row_at(at)
+        at = _TABLE.find("\n", at) + 1
+    for i in range(len(BAND_CENTRES_HZ)):
+        yield _band_row(i)
+
+
+_MADE = {}  # MicroPython: metric id -> the Metric made for it (shared by BY_ID and BY_NAME)
+
+
+def _metric(row):
+    m = _MADE.get(row[0])
+    if m is None:
+        m = _MADE[row[0]] = Metric(*row)
+    return m
+
+
+class Registry:
+    """A read-only mapping of the registry by id (`by_name` False) or by name, that makes
+    each Metric on its first lookup and keeps it (see RAM above).  BY_ID and BY_NAME are
+    Registry objects under MicroPython."""
+
+    def __init__(self, by_name):
+        self._by_name = by_name
+        self._found = {}  # key -> Metric, for the keys looked up so far
+
+    def get(self, key, default=None):
+        try:
+            return self._found[key]
+        except (KeyError, TypeError):  # TypeError: an unhashable key, as dict.get raises
+            pass
+        row = _row_of_name(key) if self._by_name else _row_of_id(key)
+        if row is None:
+            hash(key)  # an unhashable key raises TypeError, as it would for a dict
+            return default
+        m = self._found[key] = _metric(row)
+        return m
+
+    def __getitem__(self, key):
+        m = self.get(key)
+        if m is None:
+            raise KeyError(key)
+        return m
+
+    def __contains__(self, key):
+        return self.get(key) is not None
+
+    def keys(self):
+        for row in _rows():
+            yield row[1] if self._by_name else row[0]
+
+    def __iter__(self):
+        return self.keys()
+
+    def values(self):
+        for row in _rows():
+            yield _metric(row)
+
+    def items(self):
+        for row in _rows():
+            yield (row[1] if self._by_name else row[0]), _metric(row)
+
+    def __len__(self):
+        n = len(BAND_CENTRES_HZ)
+        at = _TABLE.find("\n") + 1
+        while at < len(_TABLE):
+            n += 1
+            at = _TABLE.find("\n", at) + 1
+        return n
+
+    def __repr__(self):
+        return "Registry(by %s, %d made)" % ("name" if self._by_name else "id", len(self._found))
+
+
+if sys.implementation.name == "micropython":
+    BY_ID = Registry(False)
+    BY_NAME = Registry(True)
+else:
+    BY_ID = {}
+    BY_NAME = {}
+    for _row in _rows():
+        _m = Metric(*_row)
+        BY_ID[_m.id] = _m
+        BY_NAME[_m.name] = _m
+    del _row, _m
 
 
 def allowed_for(kind, metric):
