@@ -24,8 +24,8 @@
 # Measured: 0 bytes allocated per audio block under MicroPython, with and without bands
 # (tests/firmware/test_noise.py).
 #
-# The per-sample kernels are kept as source text (KERNEL_SOURCES) that is compiled at
-# start-up two ways from the same text: as `@micropython.viper` native code where the
+# The per-sample kernels are kept as source text (KERNEL_SOURCES, noise_kernels.py) that is
+# compiled at start-up two ways from the same text: as `@micropython.viper` native code where the
 # port's compiler has a native emitter (ESP32-S3: xtensawin), and, with the decorator and
 # the viper casts `int(...)` removed, as plain bytecode (the reference path: under CPython,
 # on ports without a native emitter, or with config["viper"] False).  They are strings, not
@@ -37,10 +37,14 @@
 # RAM (32 kHz, 32-bit slots, 1024-sample blocks), retained after gc.collect() as measured on
 # MicroPython's Unix port (64-bit objects, an upper bound for the ESP32): 12 KB, of which
 # PCM block 4 KB, level histogram 3.8 KB, compiled kernel ~3 KB; with bands 25 KB (stage
-# buffers 4.7 KB, band state 2.3 KB, three more kernels).  Importing this module from
-# source costs ~55 KB more (bytecode, kernel texts); frozen, both stay in flash.
+# buffers 4.7 KB, band state 2.3 KB, three more kernels).  Code that runs only while a
+# sampler is made, the filter design (noise_design.py) and the kernel texts
+# (noise_kernels.py), is imported then and dropped again (drop_module), so a node keeps
+# only the per-block code of this module: ~13 KB as an .mpy file under MicroPython 1.27's
+# WebAssembly build (bench/firmware_memory.py); frozen into the image, it stays in flash.
 
 import math
+import sys
 from array import array
 
 from firmware.metrics import BAND_CENTRES_HZ
@@ -78,145 +82,41 @@ DEFAULTS = {
     "viper": True,  # use the native kernel where the port can compile it
 }
 
-# IEC 61672-1:2013 Annex E (E.1-E.7): the pole frequencies of the A-weighting.
-_FR = 1000.0
-_FL = 10**1.5
-_FH = 10**3.9
-_FA = 10**2.45
+# Start-up-only code lives in modules of its own, imported while a NoiseSampler is made and
+# dropped again: the filter design (noise_design.py) and the kernel texts (noise_kernels.py).
+_DESIGN = "firmware.measure.noise_design"
+_KERNELS = "firmware.measure.noise_kernels"
 
 
-def iec_pole_frequencies():
-    """(f1, f2, f3, f4) in Hz from IEC 61672-1 equations E.2-E.7 (20.6, 107.7, 737.9,
-    12194 Hz)."""
-    d = math.sqrt(0.5)
-    b = (_FR**2 + _FL**2 * _FH**2 / _FR**2 - d * (_FL**2 + _FH**2)) / (1.0 - d)
-    c = _FL**2 * _FH**2
-    root = math.sqrt(b * b - 4.0 * c)
-    f1 = math.sqrt((-b - root) / 2.0)
-    f4 = math.sqrt((-b + root) / 2.0)
-    f2 = (3.0 - math.sqrt(5.0)) / 2.0 * _FA
-    f3 = (3.0 + math.sqrt(5.0)) / 2.0 * _FA
-    return f1, f2, f3, f4
+def _startup_module(name):
+    __import__(name)
+    return sys.modules[name]
 
 
-def a_weighting_db(f):
-    """The analog A-weighting of IEC 61672-1 (E.6), normalised to exactly 0 dB at 1 kHz
-    (the standard's A1000 = -2.000 dB is this normalisation rounded; the difference is
-    0.0003 dB)."""
-    f1, f2, f3, f4 = iec_pole_frequencies()
-
-    def ra2(x):
-        x2 = x * x
-        return (f4**4 * x2**4) / (
-            (x2 + f1 * f1) ** 2 * (x2 + f2 * f2) * (x2 + f3 * f3) * (x2 + f4 * f4) ** 2
-        )
-
-    return 10.0 * math.log10(ra2(f) / ra2(1000.0))
-
-
-def _hypot(a, b):  # math.hypot is missing on MicroPython
-    return math.sqrt(a * a + b * b)
+def drop_module(name):
+    """Forget the module `name` (a dotted name) so that the collector can take back its
+    code and constants once nothing else refers to them; importing it again loads it
+    again.  MicroPython's usual way to give start-up code's RAM back."""
+    module = sys.modules.pop(name, None)
+    dot = name.rfind(".")
+    if module is None or dot < 0:
+        return
+    package = sys.modules.get(name[:dot])
+    child = name[dot + 1:]
+    if package is not None and getattr(package, child, None) is module:
+        delattr(package, child)  # importing a submodule made it an attribute of its package
 
 
-# -- fixed-point coefficients ------------------------------------------------------------
-
-_BIAS = const(536870912)  # 2**29: kernel words are stored biased, see _A_KERNEL
-_SPLIT = const(14)  # split multiplies take the state as (v >> 14, v & 16383)
-
-
-def fixed_coefficient(c):
-    """c as (m, r1, r2): c*v == ((v >> 14) * m >> r1) + ((v & 16383) * m >> r2) within
-    2 LSB, with |m| < 2**15 so both products stay below 2**29 for |v| < 2**28."""
-    if not -2.0 < c < 2.0:
-        raise ValueError("filter coefficient %r out of the fixed-point range (-2, 2)" % c)
-    r2 = _SPLIT
-    while r2 < 45 and abs(c) * (1 << (r2 + 1)) < 32767.5:
-        r2 += 1
-    m = int(round(c * (1 << r2)))
-    if m == 0:
-        r2 = _SPLIT
-    return m, r2 - _SPLIT, r2
-
-
-def fixed_value(m, r2):
-    return m / float(1 << r2)
-
-
-# -- A-weighting design (IEC 61672-1 5.5, Annex E) ----------------------------------------
-
-
-def a_weighting_design(fs):
-    """The digital A-weighting for sample rate `fs` as realised by the kernel.
-
-    Four first-order high-pass sections H(z) = (1 - z^-1) / (1 - p z^-1), one per low pole
-    (f1, f1, f2, f3), made by the bilinear transform with each pole pre-warped
-    (w' = 2 fs tan(pi f / fs)), so the low poles land exactly; and one biquad for the double
-    pole f4 at 12.2 kHz, which the bilinear transform would misplace badly at 32 kHz: its
-    poles are matched (p = exp(-2 pi f4 / fs)) and its numerator is chosen so the biquad's
-    magnitude equals the analog 1/(1 + s/w4)^2 at DC, at fs/4 and at Nyquist (Vicanek,
-    "Matched second order digital filters", 2016).  Returns
-    {"eps": [(m, r1, r2)] * 4, "lp": [(m, r1, r2)] * 5 for b0 b1 b2 a1 a2, "gain_1k": |H|
-    of the unnormalised fixed-point filter at 1 kHz}.
-    """
-    f1, f2, f3, f4 = iec_pole_frequencies()
-    eps = []
-    for fp in (f1, f1, f2, f3):
-        k = math.tan(math.pi * fp / fs)  # w' / (2 fs)
-        p = (1.0 - k) / (1.0 + k)
-        eps.append(fixed_coefficient(1.0 - p))
-    pl = math.exp(-2.0 * math.pi * f4 / fs)
-    a1 = -2.0 * pl
-    a2 = pl * pl
-
-    def target(f):  # |1 / (1 + j f/f4)^2|^2
-        return 1.0 / (1.0 + (f / f4) ** 2) ** 2
-
-    big_a0 = (1.0 + a1 + a2) ** 2
-    big_a1 = (1.0 - a1 + a2) ** 2
-    big_a2 = -4.0 * a2
-    phi = 0.5  # sin^2(pi fm / fs) at fm = fs / 4
-    den = big_a0 * (1.0 - phi) + big_a1 * phi + big_a2 * 4.0 * phi * (1.0 - phi)
-    big_b0 = big_a0 * target(0.0)
-    big_b1 = big_a1 * target(fs / 2.0)
-    big_b2 = (target(fs / 4.0) * den - big_b0 * (1.0 - phi) - big_b1 * phi) / (
-        4.0 * phi * (1.0 - phi)
-    )
-    s0 = math.sqrt(big_b0)
-    s1 = math.sqrt(big_b1)
-    w = (s0 + s1) / 2.0
-    root = math.sqrt(w * w + big_b2)
-    b0 = (w + root) / 2.0
-    b1 = (s0 - s1) / 2.0
-    b2 = (w - root) / 2.0
-    lp = [fixed_coefficient(c) for c in (b0, b1, b2, a1, a2)]
-    design = {"eps": eps, "lp": lp, "gain_1k": 1.0}
-    design["gain_1k"] = _a_response(design, 1000.0, fs)
-    return design
-
-
-def _a_response(design, f, fs):
-    """|H| of the unnormalised fixed-point A filter at f (complex arithmetic by hand: no
-    cmath on every port)."""
-    w = 2.0 * math.pi * f / fs
-    c1, s1 = math.cos(w), -math.sin(w)  # z^-1
-    c2, s2 = math.cos(2 * w), -math.sin(2 * w)  # z^-2
-    mag = 1.0
-    for m, _r1, r2 in design["eps"]:
-        p = 1.0 - fixed_value(m, r2)
-        num = _hypot(1.0 - c1, -s1)
-        den = _hypot(1.0 - p * c1, -p * s1)
-        mag *= num / den
-    b0, b1, b2, a1, a2 = [fixed_value(m, r2) for m, _r1, r2 in design["lp"]]
-    num = _hypot(b0 + b1 * c1 + b2 * c2, b1 * s1 + b2 * s2)
-    den = _hypot(1.0 + a1 * c1 + a2 * c2, a1 * s1 + a2 * s2)
-    return mag * num / den
-
-
-def a_weighting_response_db(f, fs, design=None):
-    """The kernel's A-weighting at f, normalised to 0 dB at 1 kHz (compare a_weighting_db)."""
-    if design is None:
-        design = a_weighting_design(fs)
-    return 20.0 * math.log10(_a_response(design, f, fs) / design["gain_1k"])
+def __getattr__(name):
+    """The start-up-only names, for host code and tests that use them from here
+    (noise.a_weighting_design, noise.KERNEL_SOURCES, ...): loaded at each use."""
+    if name.startswith("__"):
+        raise AttributeError(name)
+    module = _startup_module(_KERNELS if name == "KERNEL_SOURCES" else _DESIGN)
+    try:
+        return getattr(module, name)
+    except AttributeError:
+        raise AttributeError("module %r has no attribute %r" % (__name__, name)) from None
 
 
 # -- the per-sample kernels ---------------------------------------------------------------
@@ -237,286 +137,13 @@ def a_weighting_response_db(f, fs, design=None):
 # |y| >= 2**(10 + sh), so each square is <= 2**20 and a sub-block of <= 511 samples sums to
 # < 2**29.
 
+_BIAS = const(536870912)  # 2**29: kernel words are stored biased (layout above)
 _A_WORDS = const(45)
 _A_EN = const(41)
 _A_SH = const(42)
 _A_XMAX = const(43)
 _A_XMIN = const(44)
 
-_A_KERNEL = """
-@micropython.viper
-def a_weight(buf, n: int, st) -> int:
-    b = ptr8(buf)
-    s = ptr32(st)
-    B = 536870912
-    k = int(s[0]) - B
-    step = int(s[1]) - B
-    o2 = int(s[2]) - B
-    o1 = int(s[3]) - B
-    o0 = int(s[4]) - B
-    m0 = int(s[5]) - B
-    e1 = int(s[6]) - B
-    g1 = int(s[7]) - B
-    l1 = int(s[8]) - B
-    e2 = int(s[9]) - B
-    g2 = int(s[10]) - B
-    l2 = int(s[11]) - B
-    e3 = int(s[12]) - B
-    g3 = int(s[13]) - B
-    l3 = int(s[14]) - B
-    e4 = int(s[15]) - B
-    g4 = int(s[16]) - B
-    l4 = int(s[17]) - B
-    cb0 = int(s[18]) - B
-    gb0 = int(s[19]) - B
-    lb0 = int(s[20]) - B
-    cb1 = int(s[21]) - B
-    gb1 = int(s[22]) - B
-    lb1 = int(s[23]) - B
-    cb2 = int(s[24]) - B
-    gb2 = int(s[25]) - B
-    lb2 = int(s[26]) - B
-    ca1 = int(s[27]) - B
-    ga1 = int(s[28]) - B
-    la1 = int(s[29]) - B
-    ca2 = int(s[30]) - B
-    ga2 = int(s[31]) - B
-    la2 = int(s[32]) - B
-    x1 = int(s[33]) - B
-    p1 = int(s[34]) - B
-    p2 = int(s[35]) - B
-    p3 = int(s[36]) - B
-    p4 = int(s[37]) - B
-    z = int(s[38]) - B
-    y1 = int(s[39]) - B
-    y2 = int(s[40]) - B
-    en = int(s[41]) - B
-    sh = int(s[42]) - B
-    xmax = int(s[43]) - B
-    xmin = int(s[44]) - B
-    lim = 1024 << sh
-    for i in range(n):
-        h = int(b[k + o2])
-        if h > 127:
-            h -= 256
-        x = (h << 16) | (int(b[k + o1]) << 8) | (int(b[k + o0]) & m0)
-        k += step
-        if x > xmax:
-            xmax = x
-        if x < xmin:
-            xmin = x
-        x = x << 3
-        d = x - x1
-        x1 = x
-        q = d + p1 - ((((p1 >> 14) * e1) >> g1) + (((p1 & 16383) * e1) >> l1))
-        d = q - p1
-        p1 = q
-        q = d + p2 - ((((p2 >> 14) * e2) >> g2) + (((p2 & 16383) * e2) >> l2))
-        d = q - p2
-        p2 = q
-        q = d + p3 - ((((p3 >> 14) * e3) >> g3) + (((p3 & 16383) * e3) >> l3))
-        d = q - p3
-        p3 = q
-        q = d + p4 - ((((p4 >> 14) * e4) >> g4) + (((p4 & 16383) * e4) >> l4))
-        y = ((((q >> 14) * cb0) >> gb0) + (((q & 16383) * cb0) >> lb0)
-             + (((p4 >> 14) * cb1) >> gb1) + (((p4 & 16383) * cb1) >> lb1)
-             + (((z >> 14) * cb2) >> gb2) + (((z & 16383) * cb2) >> lb2)
-             - (((y1 >> 14) * ca1) >> ga1) - (((y1 & 16383) * ca1) >> la1)
-             - (((y2 >> 14) * ca2) >> ga2) - (((y2 & 16383) * ca2) >> la2))
-        z = p4
-        p4 = q
-        y2 = y1
-        y1 = y
-        a = y
-        if a < 0:
-            a = 0 - a
-        while a >= lim:
-            sh += 1
-            lim = lim << 1
-            en = en >> 2
-        a = y >> sh
-        en += a * a
-    s[33] = x1 + B
-    s[34] = p1 + B
-    s[35] = p2 + B
-    s[36] = p3 + B
-    s[37] = p4 + B
-    s[38] = z + B
-    s[39] = y1 + B
-    s[40] = y2 + B
-    s[41] = en + B
-    s[42] = sh + B
-    s[43] = xmax + B
-    s[44] = xmin + B
-    return 0
-"""
-
-# The band bank runs block-wise, one filter at a time over a stage buffer (array("i"),
-# words biased like the state): words 0 and 1 hold the stage input's history x[-2], x[-1],
-# the samples start at word 2.  pcm_decode() fills stage 0's buffer; band_pass() runs one
-# band's three sections and sums its energy; half_band() low-passes a stage buffer and
-# writes every second output into the next stage's buffer.  The band state array starts
-# with the A kernel's header words 0..5, word 6 selects the filter (its first word):
-#   band:  3 sections (g, a1, a2, w[n-1], w[n-2]), energy sum, its shift   (17 words)
-#   low-pass: 3 sections (g, a1, a2, w[n-1], w[n-2]), gain m x 2**-14, phase (17 words)
-# A band-pass section is w = ((v[n] - v[n-2]) >> g) - a1 w[n-1] - a2 w[n-2], a low-pass
-# section w = ((v[n] + 2 v[n-1] + v[n-2]) >> g) - a1 w[n-1] - a2 w[n-2]; a section's input
-# history is the previous section's output history.  a1 is stored x 2**14, a2 x 2**15
-# (fixed shifts: pole radii here are <= 0.98, where 2**-15 steps move a band edge by
-# < 0.1 %).  Sample values stay below 2**26 (docs/noise.md), products below 2**29.
-_FILTER_WORDS = const(17)
-_HDR = const(7)
-
-_DECODE_KERNEL = """
-@micropython.viper
-def pcm_decode(buf, n: int, st, dst) -> int:
-    b = ptr8(buf)
-    s = ptr32(st)
-    d = ptr32(dst)
-    B = 536870912
-    k = int(s[0]) - B
-    step = int(s[1]) - B
-    o2 = int(s[2]) - B
-    o1 = int(s[3]) - B
-    o0 = int(s[4]) - B
-    m0 = int(s[5]) - B
-    for i in range(n):
-        h = int(b[k + o2])
-        if h > 127:
-            h -= 256
-        d[i + 2] = ((h << 16) | (int(b[k + o1]) << 8) | (int(b[k + o0]) & m0)) + B
-        k += step
-    return 0
-"""
-
-_BAND_KERNEL = """
-@micropython.viper
-def band_pass(src, n: int, st) -> int:
-    v = ptr32(src)
-    s = ptr32(st)
-    B = 536870912
-    o = int(s[6]) - B
-    g1 = int(s[o]) - B
-    c11 = int(s[o + 1]) - B
-    c21 = int(s[o + 2]) - B
-    y11 = int(s[o + 3]) - B
-    y21 = int(s[o + 4]) - B
-    g2 = int(s[o + 5]) - B
-    c12 = int(s[o + 6]) - B
-    c22 = int(s[o + 7]) - B
-    y12 = int(s[o + 8]) - B
-    y22 = int(s[o + 9]) - B
-    g3 = int(s[o + 10]) - B
-    c13 = int(s[o + 11]) - B
-    c23 = int(s[o + 12]) - B
-    y13 = int(s[o + 13]) - B
-    y23 = int(s[o + 14]) - B
-    en = int(s[o + 15]) - B
-    sh = int(s[o + 16]) - B
-    lim = 1024 << sh
-    for i in range(n):
-        w = (((int(v[i + 2]) - int(v[i])) >> g1)
-             - (((y11 >> 14) * c11) + (((y11 & 16383) * c11) >> 14))
-             - ((((y21 >> 14) * c21) >> 1) + (((y21 & 16383) * c21) >> 15)))
-        u = y21
-        y21 = y11
-        y11 = w
-        w = (((w - u) >> g2)
-             - (((y12 >> 14) * c12) + (((y12 & 16383) * c12) >> 14))
-             - ((((y22 >> 14) * c22) >> 1) + (((y22 & 16383) * c22) >> 15)))
-        u = y22
-        y22 = y12
-        y12 = w
-        w = (((w - u) >> g3)
-             - (((y13 >> 14) * c13) + (((y13 & 16383) * c13) >> 14))
-             - ((((y23 >> 14) * c23) >> 1) + (((y23 & 16383) * c23) >> 15)))
-        y23 = y13
-        y13 = w
-        a = w
-        if a < 0:
-            a = 0 - a
-        while a >= lim:
-            sh += 1
-            lim = lim << 1
-            en = en >> 2
-        a = w >> sh
-        en += a * a
-    s[o + 3] = y11 + B
-    s[o + 4] = y21 + B
-    s[o + 8] = y12 + B
-    s[o + 9] = y22 + B
-    s[o + 13] = y13 + B
-    s[o + 14] = y23 + B
-    s[o + 15] = en + B
-    s[o + 16] = sh + B
-    return 0
-"""
-
-_HALF_KERNEL = """
-@micropython.viper
-def half_band(src, n: int, st, dst) -> int:
-    v = ptr32(src)
-    s = ptr32(st)
-    d = ptr32(dst)
-    B = 536870912
-    o = int(s[6]) - B
-    g1 = int(s[o]) - B
-    c11 = int(s[o + 1]) - B
-    c21 = int(s[o + 2]) - B
-    y11 = int(s[o + 3]) - B
-    y21 = int(s[o + 4]) - B
-    g2 = int(s[o + 5]) - B
-    c12 = int(s[o + 6]) - B
-    c22 = int(s[o + 7]) - B
-    y12 = int(s[o + 8]) - B
-    y22 = int(s[o + 9]) - B
-    g3 = int(s[o + 10]) - B
-    c13 = int(s[o + 11]) - B
-    c23 = int(s[o + 12]) - B
-    y13 = int(s[o + 13]) - B
-    y23 = int(s[o + 14]) - B
-    cg = int(s[o + 15]) - B
-    ph = int(s[o + 16]) - B
-    m = 0
-    for i in range(n):
-        x1 = int(v[i + 1]) - B
-        w = ((((int(v[i + 2]) - B) + x1 + x1 + (int(v[i]) - B)) >> g1)
-             - (((y11 >> 14) * c11) + (((y11 & 16383) * c11) >> 14))
-             - ((((y21 >> 14) * c21) >> 1) + (((y21 & 16383) * c21) >> 15)))
-        u = y21
-        y21 = y11
-        y11 = w
-        w = (((w + y21 + y21 + u) >> g2)
-             - (((y12 >> 14) * c12) + (((y12 & 16383) * c12) >> 14))
-             - ((((y22 >> 14) * c22) >> 1) + (((y22 & 16383) * c22) >> 15)))
-        u = y22
-        y22 = y12
-        y12 = w
-        w = (((w + y22 + y22 + u) >> g3)
-             - (((y13 >> 14) * c13) + (((y13 & 16383) * c13) >> 14))
-             - ((((y23 >> 14) * c23) >> 1) + (((y23 & 16383) * c23) >> 15)))
-        y23 = y13
-        y13 = w
-        ph = 1 - ph
-        if ph:
-            d[m + 2] = ((w >> 14) * cg) + (((w & 16383) * cg) >> 14) + B
-            m += 1
-    s[o + 3] = y11 + B
-    s[o + 4] = y21 + B
-    s[o + 8] = y12 + B
-    s[o + 9] = y22 + B
-    s[o + 13] = y13 + B
-    s[o + 14] = y23 + B
-    s[o + 16] = ph + B
-    return m
-"""
-
-KERNEL_SOURCES = {
-    "a_weight": _A_KERNEL,
-    "pcm_decode": _DECODE_KERNEL,
-    "band_pass": _BAND_KERNEL,
-    "half_band": _HALF_KERNEL,
-}
 
 
 def reference_source(src):
@@ -532,7 +159,8 @@ def _identity(buf):
 def compile_kernel(name, viper):
     """The kernel `name` (a key of KERNEL_SOURCES), natively compiled when `viper` (raises
     SyntaxError/ValueError where the port has no native emitter), else as bytecode."""
-    src = KERNEL_SOURCES[name]
+    src = _startup_module(_KERNELS).KERNEL_SOURCES[name]
+    drop_module(_KERNELS)  # the text is garbage once compiled
     ns = {}
     if viper:
         import micropython  # the compiler resolves the decorator by this name
@@ -554,151 +182,6 @@ def _pcm_layout(bits):
     if bits == 16:
         return 2, 1, 0, 0, 0
     raise ValueError("bits must be 16 or 32, got %r" % (bits,))
-
-
-# -- 1/3-octave bands (IEC 61260-1:2014, base-10, class 2) --------------------------------
-
-_LPF_CUT = 0.21  # decimation low-pass cut-off / stage rate: flat to 0.15, -50 dB at 0.35
-_BAND_TOP = 0.3  # a band runs at the lowest stage rate that keeps f_upper <= 0.3 rate
-
-
-def band_centres_hz():
-    """Exact base-10 mid-band frequencies 10**(k/10) kHz, k = -15 .. 9 (31.5 Hz .. 8 kHz)."""
-    return [1000.0 * 10 ** (k / 10.0) for k in range(-15, 10)]
-
-
-def _bilinear_pole(s_re, s_im, fs):
-    k = 2.0 * fs
-    # z = (k + s) / (k - s)
-    nr, ni = k + s_re, s_im
-    dr, di = k - s_re, -s_im
-    den = dr * dr + di * di
-    zr = (nr * dr + ni * di) / den
-    zi = (ni * dr - nr * di) / den
-    return -2.0 * zr, zr * zr + zi * zi  # a1, a2 of the conjugate pair
-
-
-def _section_response(c1, c2, a1, a2, w):
-    """|(1 + c1 z^-1 + c2 z^-2) / (1 + a1 z^-1 + a2 z^-2)| at z = e^{jw}."""
-    cr1, ci1 = math.cos(w), -math.sin(w)
-    cr2, ci2 = math.cos(2 * w), -math.sin(2 * w)
-    num = _hypot(1.0 + c1 * cr1 + c2 * cr2, c1 * ci1 + c2 * ci2)
-    den = _hypot(1.0 + a1 * cr1 + a2 * cr2, a1 * ci1 + a2 * ci2)
-    return num / den
-
-
-def _bandpass_poles(f_lo, f_hi, fs):
-    """3rd-order Butterworth band-pass (6 poles, bilinear with pre-warped edges) as three
-    (a1, a2) pairs."""
-    k = 2.0 * fs
-    wl = k * math.tan(math.pi * f_lo / fs)
-    wu = k * math.tan(math.pi * f_hi / fs)
-    w0sq = wl * wu
-    bw = wu - wl
-    pairs = []
-    # low-pass prototype poles -1 and -1/2 +- j sqrt(3)/2; s -> (s^2 + w0^2) / (bw s)
-    for pr, pi_, both in ((-1.0, 0.0, False), (-0.5, math.sqrt(3.0) / 2.0, True)):
-        br, bi = pr * bw, pi_ * bw  # roots of s^2 - (p bw) s + w0^2
-        dr, di = br * br - bi * bi - 4.0 * w0sq, 2.0 * br * bi
-        mod = math.sqrt(_hypot(dr, di))
-        ang = math.atan2(di, dr) / 2.0
-        sr, si = mod * math.cos(ang), mod * math.sin(ang)
-        roots = [((br + sr) / 2.0, (bi + si) / 2.0)]
-        if both:
-            roots.append(((br - sr) / 2.0, (bi - si) / 2.0))
-        for re, im in roots:
-            pairs.append(_bilinear_pole(re, im, fs))
-    return pairs
-
-
-def _band_section(c1, c2, a1, a2, w_peak):
-    """A band-kernel section (g, a1 x 2**14, a2 x 2**15) and its realised (a1, a2, g):
-    the input shift g brings the section's gain near its peak into [1, 2)."""
-    m1 = int(round(a1 * 16384))
-    m2 = int(round(a2 * 32768))
-    if not (-32768 <= m1 < 32768 and 0 <= m2 < 32768):
-        raise ValueError("band filter pole outside the fixed-point range: %r %r" % (a1, a2))
-    ea1 = m1 / 16384.0
-    ea2 = m2 / 32768.0
-    peak = _section_response(c1, c2, ea1, ea2, w_peak)
-    g = 0
-    while peak / (1 << (g + 1)) >= 1.0:
-        g += 1
-    return [g, m1, m2, 0, 0], (ea1, ea2, g)
-
-
-def band_design(fs):
-    """The decimating 1/3-octave filter bank for sample rate fs (IEC 61260-1 class 2).
-
-    Each band is a 3rd-order Butterworth band-pass (6 poles, edges fm * 10**(+-1/20))
-    run at the lowest rate fs / 2**s that keeps its upper edge <= 0.3 of the rate; each
-    halving is a 6th-order Butterworth low-pass at 0.21 of the rate.  Returns
-    (words, bands, lpf_at): `words` is the band state array content (unbiased), `bands`
-    lists per band, lowest first, (index, stage, gain at mid-band of everything in its
-    path, index of its first word), lpf_at[s] is the first word of stage s's low-pass.
-    """
-    centres = band_centres_hz()
-    edge = 10 ** (1.0 / 20.0)  # G**(1/6), G = 10**(3/10)
-    stage_of = []
-    for fm in centres:
-        s = 0
-        while fm * edge <= _BAND_TOP * fs / (1 << (s + 1)):
-            s += 1
-        stage_of.append(s)
-    nstages = max(stage_of) + 1
-    wc = math.tan(math.pi * _LPF_CUT) * 2.0  # pre-warped cut-off at a normalised rate 1
-    lpf = []
-    lpf_eff = []
-    for kk in (0, 1, 2):  # poles in order of rising Q
-        ang = math.pi * (2 * kk + 7) / 12.0
-        a1, a2 = _bilinear_pole(wc * math.cos(ang), wc * math.sin(ang), 1.0)
-        words, eff = _band_section(2, 1, a1, a2, 0.0)
-        lpf.append(words)
-        lpf_eff.append(eff)
-    lpf_dc = 1.0
-    for ea1, ea2, g in lpf_eff:
-        lpf_dc *= _section_response(2, 1, ea1, ea2, 0.0) / (1 << g)
-    gcomp = int(round(16384 / lpf_dc))
-    if not 0 < gcomp < 32768:
-        raise ValueError("decimation gain %r out of range" % (1 / lpf_dc,))
-
-    def lpf_gain(w):
-        g_ = gcomp / 16384.0
-        for ea1, ea2, g in lpf_eff:
-            g_ *= _section_response(2, 1, ea1, ea2, w) / (1 << g)
-        return g_
-
-    words = [0] * _HDR
-    bands = []
-    lpf_at = []
-    for s in range(nstages):
-        rate = fs / (1 << s)
-        for i in range(len(centres)):
-            if stage_of[i] != s:
-                continue
-            fm = centres[i]
-            pairs = _bandpass_poles(fm / edge, fm * edge, rate)
-            pairs.sort(key=lambda pr: pr[1])  # rising pole radius (rising Q)
-            gain = 1.0
-            wm = 2.0 * math.pi * fm / rate
-            at = len(words)
-            for a1, a2 in pairs:
-                r = math.sqrt(a2)
-                w_peak = math.acos(max(-1.0, min(1.0, -a1 / (2.0 * r))))
-                sec, (ea1, ea2, g) = _band_section(0, -1, a1, a2, w_peak)
-                words.extend(sec)
-                gain *= _section_response(0, -1, ea1, ea2, wm) / (1 << g)
-            words.extend((0, 0))  # energy, shift
-            for s_prev in range(s):
-                gain *= lpf_gain(2.0 * math.pi * fm / (fs / (1 << s_prev)))
-            bands.append((i, s, gain, at))
-        if s < nstages - 1:
-            lpf_at.append(len(words))
-            for sec in lpf:
-                words.extend(sec)
-            words.extend((gcomp, 0))
-    bands.sort()
-    return words, bands, lpf_at
 
 
 # -- software floats for the running sums (small ints only) -------------------------------
@@ -863,7 +346,12 @@ class NoiseSampler:
         # calibration (docs/noise.md): 0 dBFS = RMS of a full-scale sine = 2**23 / sqrt(2)
         base = 94.0 - float(cfg["sensitivity_dbfs"]) + float(cfg["calibration_offset_db"])
         base -= 10.0 * math.log10(2.0**45)
-        design = a_weighting_design(fs)
+        designer = _startup_module(_DESIGN)
+        try:
+            design = designer.a_weighting_design(fs)
+            band_bank = designer.band_design(fs) if cfg["bands"] else None
+        finally:
+            drop_module(_DESIGN)
         self.a_design = design
         # the A kernel works on samples scaled by 2**3
         self._cal_a = base - 20.0 * math.log10(design["gain_1k"] * 8.0)
@@ -892,8 +380,8 @@ class NoiseSampler:
         self._kernel = kernel
 
         self._bands = 0
-        if cfg["bands"]:
-            bwords, bands, lpf_at = band_design(fs)
+        if band_bank is not None:  # config "bands"
+            bwords, bands, lpf_at = band_bank
             for i in range(1, 6):
                 bwords[i] = words[i]
             self._bst = array("i", [w + _BIAS for w in bwords])
