@@ -39,14 +39,14 @@
 # PCM block 4 KB, level histogram 3.8 KB, compiled kernel ~3 KB; with bands 25 KB (stage
 # buffers 4.7 KB, band state 2.3 KB, three more kernels).  Code that runs only while a
 # sampler is made, the filter design (noise_design.py) and the kernel texts
-# (noise_kernels.py), is imported then and dropped again (drop_module), so a node keeps
+# (noise_kernels.py), is imported then and dropped again (firmware.drop_module), so a node keeps
 # only the per-block code of this module: ~13 KB as an .mpy file under MicroPython 1.27's
 # WebAssembly build (bench/firmware_memory.py); frozen into the image, it stays in flash.
 
 import math
-import sys
 from array import array
 
+from firmware import drop_module, use_module
 from firmware.metrics import BAND_CENTRES_HZ
 
 try:
@@ -83,28 +83,9 @@ DEFAULTS = {
 }
 
 # Start-up-only code lives in modules of its own, imported while a NoiseSampler is made and
-# dropped again: the filter design (noise_design.py) and the kernel texts (noise_kernels.py).
+# dropped again (firmware/__init__.py): the filter design and the kernel texts.
 _DESIGN = "firmware.measure.noise_design"
 _KERNELS = "firmware.measure.noise_kernels"
-
-
-def _startup_module(name):
-    __import__(name)
-    return sys.modules[name]
-
-
-def drop_module(name):
-    """Forget the module `name` (a dotted name) so that the collector can take back its
-    code and constants once nothing else refers to them; importing it again loads it
-    again.  MicroPython's usual way to give start-up code's RAM back."""
-    module = sys.modules.pop(name, None)
-    dot = name.rfind(".")
-    if module is None or dot < 0:
-        return
-    package = sys.modules.get(name[:dot])
-    child = name[dot + 1:]
-    if package is not None and getattr(package, child, None) is module:
-        delattr(package, child)  # importing a submodule made it an attribute of its package
 
 
 def __getattr__(name):
@@ -112,7 +93,7 @@ def __getattr__(name):
     (noise.a_weighting_design, noise.KERNEL_SOURCES, ...): loaded at each use."""
     if name.startswith("__"):
         raise AttributeError(name)
-    module = _startup_module(_KERNELS if name == "KERNEL_SOURCES" else _DESIGN)
+    module = use_module(_KERNELS if name == "KERNEL_SOURCES" else _DESIGN)
     try:
         return getattr(module, name)
     except AttributeError:
@@ -159,7 +140,7 @@ def _identity(buf):
 def compile_kernel(name, viper):
     """The kernel `name` (a key of KERNEL_SOURCES), natively compiled when `viper` (raises
     SyntaxError/ValueError where the port has no native emitter), else as bytecode."""
-    src = _startup_module(_KERNELS).KERNEL_SOURCES[name]
+    src = use_module(_KERNELS).KERNEL_SOURCES[name]
     drop_module(_KERNELS)  # the text is garbage once compiled
     ns = {}
     if viper:
@@ -346,7 +327,7 @@ class NoiseSampler:
         # calibration (docs/noise.md): 0 dBFS = RMS of a full-scale sine = 2**23 / sqrt(2)
         base = 94.0 - float(cfg["sensitivity_dbfs"]) + float(cfg["calibration_offset_db"])
         base -= 10.0 * math.log10(2.0**45)
-        designer = _startup_module(_DESIGN)
+        designer = use_module(_DESIGN)
         try:
             design = designer.a_weighting_design(fs)
             band_bank = designer.band_design(fs) if cfg["bands"] else None

@@ -8,7 +8,7 @@
 # On failure: ValueError when a coefficient does not fit the kernels' fixed-point range.
 #
 # RAM: start-up only.  NoiseSampler imports this module while it is constructed and drops
-# it again (noise.drop_module), so its bytecode and float constants do not stay in a
+# it again (firmware.drop_module), so its bytecode and float constants do not stay in a
 # node's heap (~5 KB as an .mpy file, bench/firmware_memory.py).  Host code and tests may
 # also reach these functions as attributes of noise.py.
 

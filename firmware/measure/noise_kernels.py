@@ -7,7 +7,7 @@
 # In/Out: KERNEL_SOURCES, kernel name -> text.  On failure: nothing here runs.
 #
 # RAM: start-up only.  compile_kernel imports this module, takes one text and drops the
-# module again (noise.drop_module), so the ~7 KB of text does not stay in a node's heap
+# module again (firmware.drop_module), so the ~7 KB of text does not stay in a node's heap
 # (bench/firmware_memory.py).
 
 _A_KERNEL = """
