@@ -299,6 +299,9 @@ class Board {
     this.rawAtStart = false; // raw mode with an empty command line
     this.pending = []; // held bytes of a possible raw-paste request
     this.out = [];
+    this.outBytes = 0;
+    this.running = false; // inside a command: output is written through
+    this.runningOut = 0;
     this.lastOut = 0;
     this.quiet = false;
     this.resetCause = args.resetCause;
@@ -329,24 +332,47 @@ class Board {
     if (this.quiet) return;
     // cook: \n -> \r\n unless the \r is already there (a board's stdout does this)
     const cooked = [];
+    let newline = false;
     for (const b of bytes) {
       if (b === 0x0a && this.lastOut !== 0x0d) cooked.push(0x0d);
+      if (b === 0x0a) newline = true;
       cooked.push(b);
       this.lastOut = b;
     }
     this.out.push(Buffer.from(cooked));
+    this.outBytes += cooked.length;
+    if (this.running) {
+      // A command is running and Node cannot return to its event loop until it ends:
+      // write through, so the host sees "OK" and each line as a board sends them (and a
+      // runaway loop's caller can time out instead of waiting for "OK").
+      this.runningOut += cooked.length;
+      if (newline || this.outBytes >= 1024 || this.runningOut === 2) this.flushOut();
+    }
   }
 
   say(text) {
     this.out.push(Buffer.from(text, "latin1"));
+    this.outBytes += text.length;
     this.lastOut = text.length ? text.charCodeAt(text.length - 1) : this.lastOut;
   }
 
+  // Synchronous writes to fd 1 (a blocking pipe from virtual_board.py): they go out even
+  // while Python runs, which process.stdout.write's queue would not.
   flushOut() {
     if (!this.out.length) return;
     const data = Buffer.concat(this.out);
     this.out = [];
-    process.stdout.write(data);
+    this.outBytes = 0;
+    let done = 0;
+    while (done < data.length) {
+      try {
+        done += fs.writeSync(1, data, done, data.length - done);
+      } catch (err) {
+        if (err.code === "EAGAIN") continue;
+        if (err.code === "EPIPE") process.exit(0); // the host side is gone: power off
+        throw err;
+      }
+    }
   }
 
   async boot() {
@@ -517,14 +543,19 @@ class Board {
     const wasRaw = this.raw;
     const outBefore = this.out.length;
     let ret;
+    const runs = (wasRaw && c === CTRL_D) || (!wasRaw && (c === 0x0d || c === 0x0a));
+    this.running = runs;
+    this.runningOut = 0;
     try {
       ret = this.mp.replProcessChar(c);
     } catch (err) {
+      this.running = false;
       process.stderr.write(`board.mjs: interpreter crashed: ${err && err.stack ? err.stack : err}\n`);
       this.say("\r\n");
       await this.softReset(false);
       return;
     }
+    this.running = false;
     if (wasRaw) {
       if (c === CTRL_B) this.raw = false;
       this.rawAtStart = c === CTRL_A || c === CTRL_C || c === CTRL_D;
@@ -535,7 +566,7 @@ class Board {
         this.rawAtStart = true;
       }
     }
-    const ran = (wasRaw && c === CTRL_D) || (!wasRaw && (c === 0x0d || c === 0x0a || c === CTRL_D));
+    const ran = runs || (!wasRaw && c === CTRL_D);
     if (ret !== 0 || this.resetRequest) {
       if (this.resetRequest) this.resetCause = this.resetRequest;
       await this.softReset(true);
