@@ -31,18 +31,7 @@ def register(groups) -> None:
         "resume where a previous run stopped. docs/technician-guide.md is the runbook.")
     sub = g.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    import importlib  # TEMP until the helpers' modules land
-
-    def _mod(name):
-        try:
-            return importlib.import_module("provisioning." + name)
-        except ImportError:
-            class _Missing:
-                def __getattr__(self, attr):
-                    return lambda *a, **k: None
-            return _Missing()
-    flash, label, ports, virtual_board = (_mod(n) for n in ("flash", "label", "ports",
-                                                             "virtual_board"))
+    from provisioning import flash, label, ports, virtual_board
 
     p = sub.add_parser("ports", help="list serial ports and the boards on them")
     ports.add_ports_arguments(p)

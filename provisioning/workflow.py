@@ -12,8 +12,9 @@ On failure: a step that fails stops that board (its state says which step and wh
      1 when any board failed.  The steps themselves leave the board bootable (install) and
      never half-enrolled (enrol).
 
-Steps, in order: flash (only with --image, ESP32-S3), install (always run: it is idempotent and checks every file on the
-board, so a board whose install was cut is finished here), enrol (skipped when the board
+Steps, in order: flash (only with --image, ESP32-S3), install (always run: it is
+idempotent and checks every file on the board, so a board whose install was cut is
+finished here), enrol (skipped when the board
 holds the enrolment already), selftest (skipped when it passed for this enrolment),
 label (skipped when the label files exist).
 """

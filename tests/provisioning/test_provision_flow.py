@@ -47,13 +47,16 @@ def board_state(port):
             "'active': slots.active_slot(), 'version': node.FIRMWARE_VERSION}))")
 
 
-def variant(tmp_path, version):
-    """The firmware tree with another FIRMWARE_VERSION: a different build."""
+def variant(tmp_path, version, pad_bytes=0):
+    """The firmware tree with another FIRMWARE_VERSION (and node.mpy `pad_bytes` longer):
+    a different build."""
     src = tmp_path / f"fw-{version}"
     shutil.copytree(REPO / "firmware", src, ignore=shutil.ignore_patterns("__pycache__"))
     text = (src / "node.py").read_text()
-    (src / "node.py").write_text(text.replace("FIRMWARE_VERSION = (0, 1, 0)",
-                                              f"FIRMWARE_VERSION = {version}"))
+    text = text.replace("FIRMWARE_VERSION = (0, 1, 0)", f"FIRMWARE_VERSION = {version}")
+    if pad_bytes:
+        text += f"\n_PAD = {bytes(range(256)) * (pad_bytes // 256)!r}\n"
+    (src / "node.py").write_text(text)
     return build_firmware(None, source=src)
 
 
@@ -112,16 +115,21 @@ def test_run_twice_resumes_and_reinstall_sends_nothing(virtual_board, work, caps
 def test_link_dropped_in_the_middle_of_a_file_leaves_the_old_firmware(
         virtual_board, tmp_path, work):
     v1 = build_firmware(None)
-    v2 = variant(tmp_path, (0, 2, 0))
+    v2 = variant(tmp_path, (0, 2, 0), pad_bytes=40000)  # node.mpy: several commands long
     with BoardLink(virtual_board.port) as link:
         install(link, v1)
-    virtual_board.drop_after(20000)  # well inside the first big file of the new slot
+    virtual_board.drop_after(30000)  # inside node.mpy: the only file v2 has to send
     with pytest.raises(LinkError) as cut, BoardLink(virtual_board.port) as link:
         install(link, v2)
     assert "plug the board back in" in str(cut.value)
     virtual_board.plug()
     st = board_state(virtual_board.port)
     assert st["active"] == "a" and st["version"] == [0, 1, 0]
+    node_mpy = next(f for f in v2.files if f.path == "firmware/node.mpy")
+    with BoardLink(virtual_board.port) as link:  # the cut came inside node.mpy
+        size = int(link.exec("import os\ntry:\n    print(os.stat('/fw/b/firmware/node.mpy')"
+                             "[6])\nexcept OSError:\n    print(-1)"))
+    assert size < node_mpy.size  # -1: never closed, so never committed (as on littlefs)
     with BoardLink(virtual_board.port) as link:
         report = install(link, v2)
     assert report.slot == "b" and report.resumed_files  # the cut install's good files kept
