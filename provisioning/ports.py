@@ -131,13 +131,13 @@ def _serial_port(info, profiles_root: Path | None) -> FoundPort | None:
 
 
 def _virtual_port(vb: Mapping, boards: dict) -> FoundPort:
-    # running_boards() dicts: port, profile, and (when the virtual board presents one) the
-    # USB vid/pid of the profile it plays; its OS process id under "process_id".
+    # running_boards() dicts (provisioning/virtual_board.py): port, profile, usb_vid and
+    # usb_pid of the profile it plays, and pid, the OS process serving the board.
     profile = vb.get("profile")
     board = boards.get(profile) if isinstance(profile, str) else None
-    vid, pid = vb.get("vid"), vb.get("pid")
+    vid, pid = vb.get("usb_vid"), vb.get("usb_pid")
     usb = usb_id_text(vid, pid) if isinstance(vid, int) and isinstance(pid, int) else None
-    process = vb.get("process_id")
+    process = vb.get("pid")
     what = "virtual board (MicroPython in Node on a pty" + \
         (f", process {process})" if process is not None else ")")
     return FoundPort(str(vb.get("port")), "virtual", board.id if board else profile,

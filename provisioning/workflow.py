@@ -110,6 +110,8 @@ def run_board(plan: BoardPlan, args, report: Report) -> RunResult:
             info = identify(link, getattr(args, "board", None))
             report("install", f"{info.name} on {plan.port}: installing firmware")
             installed = cli.do_install(link, info, args)
+            for line in cli.install_lines(installed):
+                report("install", line)
             state.record("install", True, cli.install_lines(installed)[-1],
                          version=installed.version, slot=installed.slot)
 
@@ -133,6 +135,8 @@ def run_board(plan: BoardPlan, args, report: Report) -> RunResult:
                 path = cli.bundle_path(args)
                 tested = selftest(link, info, path if path.exists() else None,
                                   getattr(args, "gateway_broker", None))
+                for name, ok, detail in tested.rows:
+                    report("selftest", f"{'ok  ' if ok else 'FAIL'} {name}: {detail}")
                 failed = [f"{n}: {d}" for n, ok, d in tested.rows if not ok]
                 state.record("selftest", tested.ok, "; ".join(failed) or "all checks passed",
                              fingerprint=done.fingerprint)

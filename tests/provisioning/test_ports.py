@@ -75,8 +75,8 @@ def test_mounted_rp2_boot_drive_is_found(tmp_path):
 
 def test_virtual_boards_are_listed(tmp_path):
     found = ports.list_ports([], virtual_boards=[
-        {"port": "/dev/pts/7", "profile": "pico-w", "vid": 0x2E8A, "pid": 0x0005,
-         "process_id": 4242}], drive_roots=[tmp_path])
+        {"port": "/dev/pts/7", "profile": "pico-w", "usb_vid": 0x2E8A, "usb_pid": 0x0005,
+         "pid": 4242}], drive_roots=[tmp_path])
     assert len(found) == 1
     vb = found[0]
     assert (vb.port, vb.kind, vb.board, vb.usb_id) == ("/dev/pts/7", "virtual", "pico-w",

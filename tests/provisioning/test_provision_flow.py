@@ -227,3 +227,49 @@ def test_install_refuses_to_switch_to_what_it_could_not_verify(virtual_board):
     assert "previous firmware still boots" in str(exc.value)
     assert board_state(virtual_board.port)["active"] == "a"
     assert slots.SLOTS == ("a", "b")
+
+
+def test_batch_goes_on_past_a_failed_board_and_retries_only_it(tmp_path, work, capsys):
+    with VirtualBoard(tmp_path / "f1") as one, VirtualBoard(tmp_path / "f2") as two:
+        tray = tmp_path / "tray.csv"
+        tray.write_text("# tray 1, bench A\nport,zone,site,kind\n"
+                        f"{one.port},spuiboulevard,spb-01,air\n"
+                        f"{two.port},spuiboulevard,spb-9,noise\n")
+        code, out, err = dordt(capsys, "provision", "batch", str(tray), "--work-dir",
+                               str(work))
+        assert code == 1 and "1 of 2 boards done" in out and "Traceback" not in err
+        assert "Did you mean 'spb-01'?" in err or "spb-9" in err
+        tray.write_text(tray.read_text().replace("spb-9", "spb-02"))
+        code, out, err = dordt(capsys, "provision", "batch", str(tray), "--work-dir",
+                               str(work), "--json")
+        assert code == 0, err
+        states = json.loads(out)
+        assert {v["node"] for v in states.values()} == {"00030011", "00030022"}
+    runs = {p.stem for p in (work / "runs").glob("*.json")}
+    assert runs == {"00030011", "00030022"}
+
+
+@pytest.mark.services
+def test_selftest_sees_the_frame_accepted_by_a_running_gateway(virtual_board, work, tmp_path,
+                                                               mosquitto, capsys):
+    w = ["--work-dir", str(work)]
+    assert dordt(capsys, "provision", "run", "--port", virtual_board.port, "--node",
+                 "00020021", *w)[0] == 0
+    ring = tmp_path / "keyring.json"
+    assert dordt(capsys, "fleet", "import", str(work / "enrolments.bundle.json"), "--keyring",
+                 str(ring), "--enrol-key", str(tmp_path / "fleet" / "enrol-x25519.pem"))[0] == 0
+    gw = subprocess.Popen(
+        [sys.executable, "-m", "dordt.cli", "gateway", "run", "--broker", mosquitto.url,
+         "--keyring", str(ring), "--store", f"sqlite:{tmp_path / 'store.sqlite'}",
+         "--data-dir", str(tmp_path / "gw"), "--duration", "30"], stdout=subprocess.PIPE,
+        text=True)
+    try:
+        assert gw.stdout.readline().startswith("gateway: 1 nodes")
+        code, out, err = dordt(capsys, "provision", "selftest", "--port", virtual_board.port,
+                               "--broker", mosquitto.url, "--json", *w)
+        assert code == 0, out + err
+        gateway = {c["check"]: c for c in json.loads(out)["checks"]}["gateway"]
+        assert gateway["ok"] and "accepted the frame" in gateway["detail"]
+    finally:
+        gw.terminate()
+        gw.wait(timeout=30)
