@@ -986,6 +986,8 @@ class VirtualBoard:
 
     def _stop_bridge(self) -> None:
         self._stop.set()
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()  # unblocks a bridge stuck writing to a busy board
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5)
@@ -1004,14 +1006,20 @@ class VirtualBoard:
                     sel.modify(master, selectors.EVENT_READ | (
                         selectors.EVENT_WRITE if want_write else 0), "host")
                     writing = want_write
-                for key, events in sel.select(0.05):
+                try:
+                    ready = sel.select(0.05)
+                except (OSError, ValueError):  # an fd closed under us: unplugged
+                    return
+                for key, events in ready:
                     if key.data == "board":
                         try:
                             data = os.read(node_out, 65536)
                         except BlockingIOError:
                             continue
                         if not data:  # Node ended: the board died, as a pulled cable
-                            threading.Thread(target=self.unplug, daemon=True).start()
+                            if not self._stop.is_set():
+                                threading.Thread(target=self._lost, args=(proc,),
+                                                 daemon=True).start()
                             return
                         self._pending_out += data
                         if len(self._pending_out) > PENDING_OUT_MAX_BYTES:
@@ -1029,6 +1037,12 @@ class VirtualBoard:
                                 return
                     if key.data == "host" and events & selectors.EVENT_WRITE:
                         self._flush_to_host(master)
+
+    def _lost(self, proc) -> None:
+        """The Node process `proc` ended by itself: unplug, unless it was replaced."""
+        with self._lock:
+            if self._proc is proc:
+                self.unplug()
 
     def _flush_to_host(self, master) -> None:
         while self._pending_out:
@@ -1056,7 +1070,7 @@ class VirtualBoard:
             pass
         if cut:
             self._drop_budget = None
-            threading.Thread(target=self.unplug, daemon=True).start()
+            threading.Thread(target=self._lost, args=(self._proc,), daemon=True).start()
             return False
         return True
 

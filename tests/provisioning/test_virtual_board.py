@@ -233,6 +233,21 @@ def test_unplug_mid_transfer_gives_a_clean_error_and_keeps_the_previous_copy(
         assert t.fs_hashfile("app.py", "sha256") == hashlib.sha256(new).digest()
 
 
+def test_a_board_whose_node_process_dies_is_unplugged(virtual_board):
+    with serial.Serial(virtual_board.port, timeout=1) as ser:
+        os.kill(running_boards()[0]["node_pid"], 9)
+        deadline = time.monotonic() + 10
+        while virtual_board.plugged and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not virtual_board.plugged and running_boards() == []
+        with pytest.raises(serial.SerialException):
+            ser.write(b"\r\x03")
+            ser.read(10)
+    virtual_board.plug()
+    with Transport(virtual_board.port) as t:
+        assert t.eval("1") == 1
+
+
 def test_a_runaway_program_times_out_and_a_hard_reset_recovers(virtual_board):
     t = SerialTransport(virtual_board.port, baudrate=115200)
     try:
@@ -256,6 +271,21 @@ def test_machine_reset_and_sys_exit_soft_reset_the_board(virtual_board):
             b"MPY: soft reboot\r\nraw REPL; CTRL-B to exit\r\n>")
         ser.write(b"import machine; print(machine.reset_cause())\x04")
         assert read_until(ser, b"\x04>") == b"OK5\r\n\x04\x04>"  # SOFT_RESET
+
+
+def test_an_unfed_watchdog_resets_the_board_even_after_a_soft_reset(virtual_board):
+    with serial.Serial(virtual_board.port, timeout=5) as ser:
+        ser.write(b"\r\x03\r\x01")
+        read_until(ser, b"raw REPL; CTRL-B to exit\r\n>")
+        ser.write(b"import machine\nw = machine.WDT(timeout=1500)\x04")
+        read_until(ser, b"\x04>")
+        ser.write(b"\x04")  # a soft reset does not stop the watchdog
+        read_until(ser, b"soft reboot\r\nraw REPL; CTRL-B to exit\r\n>")
+        # nobody feeds it: the board resets into the friendly REPL, dropping the session
+        read_until(ser, b">>> ", timeout_s=10)
+        drain(ser)
+        ser.write(b"import machine; machine.reset_cause()\r")
+        assert read_until(ser, b">>> ").endswith(b"\r\n3\r\n>>> ")  # WDT_RESET
 
 
 # -- the emulated hardware, through the unmodified firmware ----------------------------------

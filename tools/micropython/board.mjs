@@ -375,8 +375,10 @@ class Board {
     }
   }
 
+  // A new interpreter: at power-on, hard reset and every soft reset.  The watchdog keeps
+  // running through a soft reset, as a board's hardware watchdog does (it cannot be
+  // stopped once started); a new Node process (power-on, hard reset) starts without one.
   async boot() {
-    this.wdtDeadline = 0;
     this.resetRequest = 0;
     this.mp = null;
     const mp = await loadMicroPython({
@@ -640,6 +642,8 @@ async function pump() {
       board.sync(false);
       board.resetCause = 3; // WDT_RESET
       board.raw = false;
+      board.wdtDeadline = 0;
+      board.say("\r\n"); // like the boot ROM's first line on a real reset
       await board.boot();
       board.flushOut();
     }
