@@ -86,7 +86,12 @@ sources = []
 
 def poll():
     for f in sources:
-        f()
+        try:
+            f()
+        except Exception as e:  # as a board's scheduler does: report, carry on
+            import sys
+            print("Uncaught exception in IRQ callback handler")
+            sys.print_exception(e)
 '''
 
 ROM_MACHINE = '''\
