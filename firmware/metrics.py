@@ -12,10 +12,11 @@
 # BY_ID and BY_NAME map ids and names to Metric objects.  Under CPython (gateway,
 # simulators, tools) they are plain dicts holding every Metric, made at import.  Under
 # MicroPython they are Registry mappings that make a Metric the first time it is looked
-# up and keep it: a node uses about 13 of the 54 metrics, and a Metric (an instance with
-# nine attributes) takes ~100 bytes of heap, so holding all of them, their rows and two
-# dicts cost a node ~9 KB (bench/firmware_memory.py).  Same rows, same Metric, same
-# order either way; tests/firmware/test_metrics.py checks the two against each other.
+# up and keep it: a node uses about a dozen of the 53 metrics, and a Metric (an instance
+# with nine attributes and its strings) takes ~250 bytes of heap.  Holding all of them in
+# dicts made this module cost a node 14 KB of heap as installed; now ~6 KB, plus the
+# Metrics it looks up (bench/firmware_memory.py).  Same rows, same Metric, same order
+# either way; tests/firmware/test_metrics_registry.py checks the two against each other.
 
 import sys
 
@@ -176,13 +177,15 @@ def _rows():
         yield _band_row(i)
 
 
-_MADE = {}  # MicroPython: metric id -> the Metric made for it (shared by BY_ID and BY_NAME)
+# MicroPython: the Metrics made so far, each under its id (an int) and its name (a str);
+# BY_ID and BY_NAME share them.
+_MADE = {}
 
 
 def _metric(row):
     m = _MADE.get(row[0])
     if m is None:
-        m = _MADE[row[0]] = Metric(*row)
+        m = _MADE[row[0]] = _MADE[row[1]] = Metric(*row)
     return m
 
 
@@ -193,19 +196,17 @@ class Registry:
 
     def __init__(self, by_name):
         self._by_name = by_name
-        self._found = {}  # key -> Metric, for the keys looked up so far
 
     def get(self, key, default=None):
-        try:
-            return self._found[key]
-        except (KeyError, TypeError):  # TypeError: an unhashable key, as dict.get raises
-            pass
-        row = _row_of_name(key) if self._by_name else _row_of_id(key)
-        if row is None:
-            hash(key)  # an unhashable key raises TypeError, as it would for a dict
-            return default
-        m = self._found[key] = _metric(row)
-        return m
+        if isinstance(key, str) if self._by_name else isinstance(key, int):
+            m = _MADE.get(key)
+            if m is not None:
+                return m
+            row = _row_of_name(key) if self._by_name else _row_of_id(key)
+            if row is not None:
+                return _metric(row)
+        hash(key)  # an unhashable key raises TypeError, as it would for a dict
+        return default
 
     def __getitem__(self, key):
         m = self.get(key)
@@ -240,7 +241,7 @@ class Registry:
         return n
 
     def __repr__(self):
-        return "Registry(by %s, %d made)" % ("name" if self._by_name else "id", len(self._found))
+        return "Registry(by %s, %d made)" % ("name" if self._by_name else "id", len(_MADE) // 2)
 
 
 if sys.implementation.name == "micropython":
@@ -254,6 +255,13 @@ else:
         BY_ID[_m.id] = _m
         BY_NAME[_m.name] = _m
     del _row, _m
+
+
+def id_of(name):
+    """The id of the metric `name`, or None: read from the table, without making a Metric
+    (a node's status frame needs only the ids)."""
+    row = _row_of_name(name)
+    return None if row is None else row[0]
 
 
 def allowed_for(kind, metric):

@@ -44,7 +44,10 @@ NTP_RETRY_MS = 60000
 MAX_SLEEP_MS = 1000  # wake at least this often (watchdog, link); less with a short WDT
 _BUSY_LIMIT = 1000  # zero-wait iterations in a row before a 1 ms sleep (no livelock)
 
-_STATUS = metrics.BY_NAME
+# The status frame's metrics (§8), by id: no Metric objects needed for them (RAM).
+_STATUS_IDS = [metrics.id_of(name) for name in (
+    "uptime_s", "free_heap_bytes", "reset_cause", "firmware_version", "error_count",
+    "dropped_frames")]
 
 
 def sampler_class(kind):
@@ -338,14 +341,15 @@ class Node:
         hw = self.hw
         uplink = self.uplink
         dropped = uplink.dropped if uplink is not None else 0
-        pairs = [
-            (_STATUS["uptime_s"].id, _clamp(self.uptime_ms // 1000, 0x7FFFFFFF)),
-            (_STATUS["free_heap_bytes"].id, _clamp(hw.free_heap(), 0x7FFFFFFF)),
-            (_STATUS["reset_cause"].id, _clamp(hw.reset_cause(), 255)),
-            (_STATUS["firmware_version"].id, FIRMWARE_VERSION_CODE),
-            (_STATUS["error_count"].id, _clamp(self.errors, 0x7FFFFFFF)),
-            (_STATUS["dropped_frames"].id, _clamp(dropped, 0x7FFFFFFF)),
-        ]
+        values = (  # in _STATUS_IDS' order
+            _clamp(self.uptime_ms // 1000, 0x7FFFFFFF),
+            _clamp(hw.free_heap(), 0x7FFFFFFF),
+            _clamp(hw.reset_cause(), 255),
+            FIRMWARE_VERSION_CODE,
+            _clamp(self.errors, 0x7FFFFFFF),
+            _clamp(dropped, 0x7FFFFFFF),
+        )
+        pairs = list(zip(_STATUS_IDS, values))
         self._since_status = 0
         if self._emit(pairs, protocol.FLAG_STATUS, 0):
             self.status_frames += 1

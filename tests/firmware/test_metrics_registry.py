@@ -2,7 +2,8 @@
 and, under MicroPython, makes a Metric only when it is looked up (metrics.Registry), where
 CPython holds plain dicts of every Metric.  Both must be the same registry: the same ids,
 names, units, scales, ranges and groups, with the same types (an int range stays an int),
-in the same order, and the same answers for keys that are not in it."""
+in the same order, and the same answers for keys that are not in it.  metrics.id_of gives a
+metric's id from the table alone (a node's status frame)."""
 
 import json
 
@@ -44,6 +45,12 @@ def test_the_lazy_registry_is_the_dicts_registry_under_cpython():
         by_name.get(["unhashable"])
 
 
+def test_id_of_reads_the_id_without_making_a_metric():
+    assert [metrics.id_of(name) for name in metrics.BY_NAME] == [
+        m.id for m in metrics.BY_NAME.values()]
+    assert [metrics.id_of(key) for key in NOT_KEYS] == [None] * len(NOT_KEYS)
+
+
 _MP_PROGRAM = r"""
 import json
 from firmware import metrics
@@ -64,6 +71,7 @@ out["same_object"] = metrics.BY_NAME["uptime_s"] is metrics.BY_ID[0xE0]
 out["by_id"] = [[k, described(m)] for k, m in metrics.BY_ID.items()]
 out["by_name"] = [[k, described(m)] for k, m in metrics.BY_NAME.items()]
 out["len"] = [len(metrics.BY_ID), len(metrics.BY_NAME)]
+out["id_of"] = [metrics.id_of(n) for n in metrics.BY_NAME]
 out["absent"] = [[repr(k), k in metrics.BY_ID, k in metrics.BY_NAME, metrics.BY_ID.get(k),
                   metrics.BY_NAME.get(k)] for k in NOT_KEYS]
 try:
@@ -85,4 +93,5 @@ def test_micropython_makes_the_same_registry_on_lookup(micropython):
                                 for n in ("la90_db", "uptime_s", "band_8000hz_db")]
     assert out["same_object"] is True and out["key_error"] is True
     assert out["len"] == [len(metrics.BY_ID), len(metrics.BY_NAME)]
+    assert out["id_of"] == [m.id for m in metrics.BY_NAME.values()]
     assert out["absent"] == [[repr(k), False, False, None, None] for k in NOT_KEYS]
