@@ -28,6 +28,7 @@ How, in order (each step one or a few raw-REPL commands through mpremote's trans
 from __future__ import annotations
 
 import base64
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,6 +43,8 @@ CHUNK_BYTES = 3072  # raw bytes per write() call on the board (4 KB of base64)
 COMMAND_BYTES = 12288  # raw bytes per raw-REPL command: a few chunks, well inside the heap
 
 Progress = Callable[[int, int, str], None]
+# How a board says ENOSPC: ports with errno names print "[Errno 28] ENOSPC", others "28".
+_NO_SPACE = re.compile(r"OSError: (\[Errno 28\]|28\b)|ENOSPC")
 
 
 class InstallError(Exception):
@@ -139,6 +142,20 @@ def board_state(link: BoardLink, manifest_sha256: str = "") -> dict | None:
 
 def install(link: BoardLink, build: FirmwareBuild, progress: Progress | None = None,
             force: bool = False) -> InstallReport:
+    try:
+        return _install(link, build, progress, force)
+    except BoardCodeError as exc:
+        if _NO_SPACE.search(exc.traceback):
+            raise InstallError(
+                f"the board's flash is full: the new firmware ({build.size} bytes) does not "
+                "fit beside the one in use; remove files of your own from the board "
+                "(`mpremote connect PORT ls`, `rm`), then install again; the previous "
+                "firmware still boots") from None
+        raise
+
+
+def _install(link: BoardLink, build: FirmwareBuild, progress: Progress | None,
+             force: bool) -> InstallReport:
     started = time.monotonic()
     state = board_state(link, build.manifest_sha256)
     expected = {f.path: f.sha256 for f in build.files}

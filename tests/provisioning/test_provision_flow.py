@@ -273,3 +273,16 @@ def test_selftest_sees_the_frame_accepted_by_a_running_gateway(virtual_board, wo
     finally:
         gw.terminate()
         gw.wait(timeout=30)
+
+
+def test_a_full_flash_is_said_and_the_old_firmware_kept(tmp_path):
+    v1 = build_firmware(None)
+    v2 = variant(tmp_path, (0, 2, 0), pad_bytes=40000)
+    # room for one firmware and a half: the second slot cannot be filled
+    with VirtualBoard(tmp_path / "small", flash_bytes=int(v1.size * 1.6)) as board:
+        with BoardLink(board.port) as link:
+            install(link, v1)
+        with BoardLink(board.port) as link, pytest.raises(InstallError) as full:
+            install(link, v2)
+        assert "the board's flash is full" in str(full.value)
+        assert board_state(board.port)["version"] == [0, 1, 0]
