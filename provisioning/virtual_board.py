@@ -47,6 +47,7 @@ import subprocess
 import tempfile
 import termios
 import threading
+import time
 import tty
 from pathlib import Path
 
@@ -60,6 +61,7 @@ PACKAGE_ENTRY = MICROPYTHON_DIR / "node_modules" / PACKAGE / "micropython.mjs"
 DEFAULT_PROFILE = "esp32-s3-devkitc-1"
 PM_SENSORS = ("sds011", "pms5003")
 RECORDS_ENV = "DORDT_VIRTUAL_BOARDS_DIR"
+BOOT_TIMEOUT_S = 20
 PENDING_OUT_MAX_BYTES = 1 << 20  # board output kept while the host does not read
 SETUP_HINT = "run `make setup` (it installs Node and the MicroPython npm package)"
 
@@ -889,7 +891,11 @@ class VirtualBoard:
             os.set_blocking(master, False)
             self._master, self._slave = master, slave
             self.device = os.ttyname(slave)
-            self._start_node(PWRON_RESET)
+            try:
+                self._start_node(PWRON_RESET)
+            except BaseException:
+                self.unplug()
+                raise
             if self.link:
                 tmp = self.link.with_name(self.link.name + ".new")
                 tmp.unlink(missing_ok=True)
@@ -926,7 +932,11 @@ class VirtualBoard:
                 raise UserError("the virtual board is unplugged: plug it in first")
             self._stop_bridge()
             self._kill_node()
-            self._start_node(HARD_RESET)
+            try:
+                self._start_node(HARD_RESET)
+            except BaseException:
+                self.unplug()
+                raise
             self._start_bridge()
             self._write_record()
 
@@ -958,6 +968,29 @@ class VirtualBoard:
             cwd=MICROPYTHON_DIR, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=self._stderr, bufsize=0, start_new_session=True)
         os.set_blocking(self._proc.stdout.fileno(), False)
+        self._wait_for_boot()
+
+    def _wait_for_boot(self) -> None:
+        """Until the board's first output (its banner): then it answers on the port.  A
+        board that cannot start is a UserError with what Node said."""
+        out = self._proc.stdout.fileno()
+        deadline = time.monotonic() + BOOT_TIMEOUT_S
+        with selectors.DefaultSelector() as sel:
+            sel.register(out, selectors.EVENT_READ)
+            while time.monotonic() < deadline:
+                if not sel.select(0.1):
+                    continue
+                data = os.read(out, 65536)
+                if data:
+                    self._pending_out += data
+                    return
+                break  # Node exited
+        lines = [line.strip() for line in self.node_stderr().splitlines() if line.strip()]
+        errors = [line for line in lines if "Error" in line or "board.mjs:" in line]
+        said = (errors or lines or ["no output"])[0]
+        self._kill_node()
+        raise UserError(f"the virtual board did not start (Node said: {said[:300]}); "
+                        + SETUP_HINT)
 
     def _kill_node(self) -> None:
         proc, self._proc = self._proc, None

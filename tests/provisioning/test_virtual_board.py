@@ -416,6 +416,13 @@ def test_missing_node_or_package_says_run_make_setup(tmp_path, monkeypatch):
     monkeypatch.setattr(vb, "PACKAGE_ENTRY", tmp_path / "nowhere.mjs")
     with pytest.raises(UserError, match="make setup"):
         VirtualBoard(tmp_path / "flash").start()
+    monkeypatch.undo()
+    monkeypatch.setenv(vb.RECORDS_ENV, str(tmp_path / "records"))
+    broken = tmp_path / "broken.mjs"
+    broken.write_text('throw new Error("no MicroPython here");\n')
+    monkeypatch.setattr(vb, "BOARD_SCRIPT", broken)
+    with pytest.raises(UserError, match="did not start.*no MicroPython here"):
+        VirtualBoard(tmp_path / "flash").start()
     with pytest.raises(UserError, match="unknown board profile"):
         VirtualBoard(tmp_path / "flash", profile="esp8266")
 
