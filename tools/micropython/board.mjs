@@ -83,13 +83,6 @@ def remap(e):
     return e
 
 
-def call(f, *a):
-    try:
-        return f(*a)
-    except OSError as e:
-        raise remap(e)
-
-
 def open(*a, **k):
     try:
         return _open(*a, **k)
@@ -104,9 +97,11 @@ def is_root(p):
 `;
 
 const VB_OS_PY = `
+# os, with MicroPython's errno numbers and a board's view of the file system.  Each
+# wrapper catches its own OSError, so a traceback shows one extra frame at most.
 import _vb_os, _vb_fs
 from _vb_os import *
-from _vb_fs import call as _call
+from _vb_fs import remap as _remap
 
 
 def _visible(path, name):
@@ -114,12 +109,20 @@ def _visible(path, name):
 
 
 def listdir(path="."):
-    return [n for n in _call(_vb_os.listdir, path) if _visible(path, n)]
+    try:
+        names = _vb_os.listdir(path)
+    except OSError as e:
+        raise _remap(e)
+    return [n for n in names if _visible(path, n)]
 
 
 def ilistdir(path="."):
     base = path if path not in ("", ".") else _vb_os.getcwd()
-    for e in _call(_vb_os.ilistdir, path):
+    try:
+        entries = list(_vb_os.ilistdir(path))
+    except OSError as e:
+        raise _remap(e)
+    for e in entries:
         if not _visible(path, e[0]):
             continue
         size = 0
@@ -132,13 +135,16 @@ def ilistdir(path="."):
 
 
 def stat(path):
-    s = _call(_vb_os.stat, path)
+    try:
+        s = _vb_os.stat(path)
+    except OSError as e:
+        raise _remap(e)
     mode = 0x4000 if s[0] & 0x4000 else 0x8000
     return (mode, 0, 0, 0, 0, 0, s[6], s[7], s[8], s[9])
 
 
 def statvfs(path):
-    _call(_vb_os.stat, path)
+    stat(path)
     import _vboard_host
     bsize = 4096
     total = _vboard_host.flash_bytes // bsize
@@ -147,26 +153,41 @@ def statvfs(path):
 
 
 def mkdir(p):
-    _call(_vb_os.mkdir, p)
+    try:
+        _vb_os.mkdir(p)
+    except OSError as e:
+        raise _remap(e)
 
 
 def rmdir(p):
-    _call(_vb_os.rmdir, p)
+    try:
+        _vb_os.rmdir(p)
+    except OSError as e:
+        raise _remap(e)
 
 
 def remove(p):
-    _call(_vb_os.remove, p)
+    try:
+        _vb_os.remove(p)
+    except OSError as e:
+        raise _remap(e)
 
 
 unlink = remove
 
 
 def rename(a, b):
-    _call(_vb_os.rename, a, b)
+    try:
+        _vb_os.rename(a, b)
+    except OSError as e:
+        raise _remap(e)
 
 
 def chdir(p):
-    _call(_vb_os.chdir, p)
+    try:
+        _vb_os.chdir(p)
+    except OSError as e:
+        raise _remap(e)
 `;
 
 // /rom/time.py fallback: sleeps give the board's emulated interrupts (BLE scan results,
