@@ -40,7 +40,7 @@ float representation), not an ESP32's.
 
 Prints a table of the figures and their goals; the last line is one JSON object
 (heap_steady_bytes and heap_installed_bytes per kind, the two allocation figures).
-Bounded: about 50 s on an idle 2-core machine.
+Bounded: about 55 s on this 2-core machine (noise runs most of it).
 
     .venv/bin/python bench/firmware_memory.py
 """
