@@ -408,6 +408,12 @@ def installed_files() -> dict[str, bytes]:
     return {LIB_DIR + "/" + f.path: f.data for f in build.files if f.path.endswith(".mpy")}
 
 
+def _heap_row(kind: str, h: dict, fourth: str, goal: int, note: str) -> None:
+    ok = "ok" if h["node"] <= goal else "OVER"
+    print(f"  {kind:24} {h['node']:8,} {h['modules']:8,} {h['objects']:8,} {fourth:>8}  "
+          f"<= {goal:,} {ok:4}  {note}")
+
+
 def _number(value: float) -> float | int:
     return int(value) if value == int(value) else value
 
@@ -456,11 +462,9 @@ def main() -> None:
     print(f"{'heap in use, steady state':26} {'node':>8} {'modules':>8} {'objects':>8} "
           f"{'growth':>8}  {'goal':>10}")
     for kind, h in heap.items():
-        ok = "ok" if h["node"] <= HEAP_GOAL_BYTES else "OVER"
-        print(f"  {kind:24} {h['node']:8,} {h['modules']:8,} {h['objects']:8,} "
-              f"{h['growth']:8,.0f}  <= {HEAP_GOAL_BYTES:,} {ok:4}  "
-              f"after {LONG} intervals ({h['frames']} frames, ring {h['ring']:,} bytes), "
-              f"{seconds[kind]:.1f} s")
+        _heap_row(kind, h, f"{h['growth']:,.0f}", HEAP_GOAL_BYTES,
+                  f"after {LONG} intervals ({h['frames']} frames, ring {h['ring']:,} bytes), "
+                  f"{seconds[kind]:.1f} s")
     print("  node = modules + objects, bytes above the baseline (interpreter, fakes, data)")
     print("  modules: the firmware's bytecode and globals, compiled from .py at import")
     print("  objects: node, config, counter, uplink and its ring, sampler and its drivers")
@@ -469,10 +473,8 @@ def main() -> None:
     print(f"{'heap in use, as installed':26} {'node':>8} {'modules':>8} {'objects':>8} "
           f"{'vs .py':>8}  {'goal':>10}")
     for kind, h in heap_installed.items():
-        ok = "ok" if h["node"] <= HEAP_INSTALLED_GOAL_BYTES else "OVER"
-        print(f"  {kind:24} {h['node']:8,} {h['modules']:8,} {h['objects']:8,} "
-              f"{h['node'] - heap[kind]['node']:+8,}  <= {HEAP_INSTALLED_GOAL_BYTES:,} {ok:4}  "
-              f"after {LONG} intervals ({h['frames']} frames)")
+        _heap_row(kind, h, f"{h['node'] - heap[kind]['node']:+,}", HEAP_INSTALLED_GOAL_BYTES,
+                  f"after {LONG} intervals ({h['frames']} frames)")
     print("  the same runs with the firmware as `dordt provision install` writes it: every "
           "module an .mpy file")
     print("  (mpy-cross, bytecode only), imported from the file system; bytecode and strings "
