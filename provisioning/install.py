@@ -126,9 +126,10 @@ else:
 
 def _use_slot_code(slot: str) -> str:
     """Board code that makes `from firmware import slots` load `slot`'s own build."""
+    dirs = [slots.slot_dir(s) for s in slots.SLOTS]
     return _FORGET_FIRMWARE + (
-        "while '/fw/a' in sys.path: sys.path.remove('/fw/a')\n"
-        "while '/fw/b' in sys.path: sys.path.remove('/fw/b')\n"
+        f"for _p in {dirs!r}:\n"
+        "    while _p in sys.path: sys.path.remove(_p)\n"
         f"sys.path.insert(0, {slots.slot_dir(slot)!r})\n"
         "from firmware import slots\n")
 
@@ -189,7 +190,7 @@ def _install(link: BoardLink, build: FirmwareBuild, progress: Progress | None,
     if reuse:
         pairs = [(f"{slots.slot_dir(active)}/{f.path}", f"{base}/{f.path}") for f in reuse]
         link.exec(_use_slot_code(active) + _mkdirs_code([d for _, d in pairs]) +
-                  f"for s, d in {pairs!r}:\n    slots.copy_file(s, d)\n",
+                  f"for _s, _d in {pairs!r}:\n    slots.copy_file(_s, _d)\n",
                   "copying unchanged files on the board")
         report.reused_files = [f.path for f in reuse]
     send = [f for f in build.files
@@ -198,7 +199,9 @@ def _install(link: BoardLink, build: FirmwareBuild, progress: Progress | None,
     sent = 0
     send_started = time.monotonic()
     if send:
-        link.exec(_mkdirs_code([f"{base}/{f.path}" for f in send]), "making directories")
+        code = _mkdirs_code([f"{base}/{f.path}" for f in send])
+        link.exec(_use_slot_code(active) + code if active else _MKDIRS_DEF + code,
+                  "making directories")
     for f in send:
         _write(link, f"{base}/{f.path}", f.data, f.path,
                lambda n, f=f, before=sent: progress and progress(before + n, total, f.path))
@@ -272,13 +275,22 @@ def _rm_tree(t, path: str) -> None:
         t.fs_rmfile(path)
 
 
+# mkdir -p for a board without our firmware yet (with it, slots.makedirs is the one used).
+_MKDIRS_DEF = """
+import os
+class slots:
+    def makedirs(p):
+        try:
+            os.stat(p)
+        except OSError:
+            slots.makedirs(p.rsplit('/', 1)[0])
+            os.mkdir(p)
+"""
+
+
 def _mkdirs_code(paths: list[str]) -> str:
     dirs = sorted({p.rsplit("/", 1)[0] for p in paths})
-    return ("import os\n"
-            "def _mk(p):\n"
-            "    try:\n        os.stat(p)\n"
-            "    except OSError:\n        _mk(p.rsplit('/', 1)[0]); os.mkdir(p)\n"
-            f"for _d in {dirs!r}:\n    _mk(_d)\n")
+    return f"for _p in {dirs!r}:\n    slots.makedirs(_p)\n"
 
 
 def _write(link: BoardLink, path: str, data: bytes, what: str,
