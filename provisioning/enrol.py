@@ -174,7 +174,7 @@ def enrol(link: BoardLink, info: BoardInfo, p: NodePlacement, recipient_path: Pa
     check_kind_fits_profile(p.kind, profile)
     failed = [row for row in probe_sensors(link, p.kind, profile) if not row[1]]
     if failed:
-        raise UserError(f"this board's sensors do not fit a {p.kind} node: "
+        raise UserError(f"this board's sensors do not fit the {p.kind} kit: "
                         + "; ".join(f"{name}: {detail}" for name, _, detail in failed)
                         + f"; wire the {p.kind} kit (hardware/data/kits.toml) or enrol the "
                         "board as the kind its sensors fit", EXIT_BAD_INPUT)

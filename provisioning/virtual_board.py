@@ -239,7 +239,7 @@ class I2C:
             I2C._next = 0
 
     def scan(self):
-        return [vboard.BME680_ADDRESS]
+        return [vboard.BME680_ADDRESS] if vboard.BME680_ADDRESS else []
 
     def _check(self, addr):
         if addr != vboard.BME680_ADDRESS:
@@ -625,7 +625,7 @@ class WLAN:
 
 
 def _rom_vboard(profile, usb_vid, usb_pid, unique_id, pm_sensor, pm_frame_bytes, sleep_cmd,
-                wake_cmd, cpu_hz):
+                wake_cmd, cpu_hz, bme680=True):
     return (
         "# Which board this virtual board emulates, and its emulated parts' settings.\n"
         f"PROFILE = {profile!r}\n"
@@ -633,7 +633,7 @@ def _rom_vboard(profile, usb_vid, usb_pid, unique_id, pm_sensor, pm_frame_bytes,
         f"USB_PID = {usb_pid:#06x}\n"
         f"UNIQUE_ID = {unique_id!r}\n"
         f"CPU_HZ = {cpu_hz}\n"
-        f"BME680_ADDRESS = {BME680_ADDRESS:#04x}\n"
+        f"BME680_ADDRESS = {BME680_ADDRESS if bme680 else None}\n"
         f"PM_SENSOR = {pm_sensor!r}\n"
         f"PM_FRAME_BYTES = {pm_frame_bytes}\n"
         f"PM_SLEEP = {sleep_cmd!r}\n"
@@ -726,7 +726,8 @@ def _ble_adverts() -> bytes:
     return bytes(out)
 
 
-def write_rom(rom_dir: Path, profile: str, unique_id: bytes, pm_sensor: str) -> None:
+def write_rom(rom_dir: Path, profile: str, unique_id: bytes, pm_sensor: str,
+              bme680: bool = True) -> None:
     """The ROM modules and their data, for board.mjs --rom."""
     from hardware.profiles import load_boards
 
@@ -740,7 +741,7 @@ def write_rom(rom_dir: Path, profile: str, unique_id: bytes, pm_sensor: str) -> 
         "_vboard_irq.py": ROM_IRQ, "machine.py": ROM_MACHINE, "bluetooth.py": ROM_BLUETOOTH,
         "network.py": ROM_NETWORK,
         "vboard.py": _rom_vboard(profile, usb.vid, usb.pid, unique_id, pm_sensor, frame_bytes,
-                                 sleep_cmd, wake_cmd, cpu_hz),
+                                 sleep_cmd, wake_cmd, cpu_hz, bme680),
     }
     for name, text in modules.items():
         (rom_dir / name).write_text(text, encoding="utf-8")
@@ -818,10 +819,11 @@ class VirtualBoard:
     flash_bytes: flash capacity (writes past it fail with ENOSPC); None: the profile's
     file system partition.
     pm_sensor: which particulate sensor is on the UART ("sds011" or "pms5003").
+    bme680: False leaves the I2C bus empty (a board whose BME680 is missing or unwired).
     """
 
     def __init__(self, flash_dir, profile=DEFAULT_PROFILE, link=None, flash_bytes=None,
-                 pm_sensor="sds011"):
+                 pm_sensor="sds011", bme680=True):
         from hardware.profiles import load_boards
 
         boards = load_boards()
@@ -840,6 +842,7 @@ class VirtualBoard:
             flash_bytes = vfs[0]["size"] if vfs else self.board.flash_size_mb << 20
         self.flash_bytes = int(flash_bytes)
         self.pm_sensor = pm_sensor
+        self.bme680 = bme680
         self.unique_id = hashlib.sha256(str(self.flash_dir).encode()).digest()[:6]
         self.usb_vid = self.board.usb[0].vid
         self.usb_pid = self.board.usb[0].pid
@@ -874,7 +877,7 @@ class VirtualBoard:
         self._node_bin = _check_node()
         self.flash_dir.mkdir(parents=True, exist_ok=True)
         self._rom_dir = Path(tempfile.mkdtemp(prefix="dordt-vboard-rom-"))
-        write_rom(self._rom_dir, self.profile, self.unique_id, self.pm_sensor)
+        write_rom(self._rom_dir, self.profile, self.unique_id, self.pm_sensor, self.bme680)
         self.plug()
         return self
 
@@ -1151,12 +1154,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also make PATH a symlink to the board's port")
     parser.add_argument("--pm-sensor", default="sds011", choices=PM_SENSORS,
                         help="particulate sensor on the board's UART (default: %(default)s)")
+    parser.add_argument("--no-bme680", dest="bme680", action="store_false",
+                        help="no BME680 on the I2C bus (practise a wiring fault)")
 
 
 def command_virtual_board(args) -> int:
     flash = args.flash or default_flash_dir(args.board)
     board = VirtualBoard(flash, profile=args.board, link=args.link,
-                         pm_sensor=getattr(args, "pm_sensor", "sds011"))
+                         pm_sensor=getattr(args, "pm_sensor", "sds011"),
+                         bme680=getattr(args, "bme680", True))
     stopping = threading.Event()
 
     def on_signal(signum, frame):

@@ -286,3 +286,18 @@ def test_a_full_flash_is_said_and_the_old_firmware_kept(tmp_path):
             install(link, v2)
         assert "the board's flash is full" in str(full.value)
         assert board_state(board.port)["version"] == [0, 1, 0]
+
+
+def test_a_kind_the_boards_sensors_do_not_fit_is_refused(tmp_path, work, capsys):
+    with VirtualBoard(tmp_path / "nobme", bme680=False) as board:
+        w = ["--work-dir", str(work)]
+        assert dordt(capsys, "provision", "install", "--port", board.port, *w)[0] == 0
+        code, _, err = dordt(capsys, "provision", "enrol", "--port", board.port, "--zone",
+                             "spoorzone", "--site", "spz-01", "--kind", "air", *w)
+        assert code == 2 and "sensors do not fit the air kit" in err
+        assert "bme680: no answer at I2C 0x77 or 0x76" in err
+        assert not (work / "enrolments.bundle.json").exists()
+        # the same board has a radio: a crowd node fits
+        code, out, err = dordt(capsys, "provision", "enrol", "--port", board.port, "--zone",
+                               "spoorzone", "--site", "spz-01", "--kind", "crowd", *w)
+        assert code == 0, err
