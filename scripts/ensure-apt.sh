@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # ensure-apt.sh [PACKAGE...]: install the Debian packages the test suite runs for real
-# (default: mosquitto and victoria-metrics) unless their programs are already there, and
+# (default: mosquitto, victoria-metrics, and chromium with its driver for the audit report) unless their programs are already there, and
 # libcrypto's headers for the optional C frame path (setup.py; without them it is skipped).
 set -euo pipefail
 if [ $# -eq 0 ]; then
@@ -8,6 +8,9 @@ if [ $# -eq 0 ]; then
     [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null || want+=(mosquitto)
     command -v victoria-metrics >/dev/null || want+=(victoria-metrics)
     [ -f /usr/include/openssl/sha.h ] || want+=(libssl-dev)
+    # the audit report's browser test: headless chromium driven by selenium
+    command -v chromium >/dev/null || want+=(chromium)
+    command -v chromedriver >/dev/null || want+=(chromium-driver)
 else
     want=("$@")
 fi
