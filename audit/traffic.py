@@ -44,6 +44,8 @@ _FAULTS = {metrics.BY_NAME[f"{k}_faults"].id: k for k in ("air", "noise", "crowd
 
 
 def open_recording(path: str | Path) -> RecordingReader:
+    if not Path(path).is_file():
+        raise AuditInputError(f"{path}: no such recording")
     try:
         return RecordingReader(path)
     except FileNotFoundError:
