@@ -129,6 +129,19 @@ def watch_needles(addresses: Iterable[str]) -> tuple[set[str], list[bytes]]:
     return hex_needles, raw
 
 
+def _window_keys(data: bytes, width: int):
+    """Every `width`-byte window of `data` (width <= 8) as one unsigned 64-bit integer."""
+    import numpy as np
+
+    buf = np.frombuffer(data, dtype=np.uint8)
+    if len(buf) < width:
+        return np.zeros(0, dtype=np.uint64)
+    keys = np.zeros(len(buf) - width + 1, dtype=np.uint64)
+    for i in range(width):
+        keys = (keys << np.uint64(8)) | buf[i:len(buf) - width + 1 + i].astype(np.uint64)
+    return keys
+
+
 def _watch_hits(data: bytes, hex_needles: set[str], raw: list[bytes]) -> str | None:
     lowered = data.lower()
     lengths = sorted({len(n) for n in hex_needles})
@@ -138,17 +151,28 @@ def _watch_hits(data: bytes, hex_needles: set[str], raw: list[bytes]) -> str | N
             for i in range(0, len(run) - n + 1):
                 if run[i:i + n] in hex_needles:
                     return mask(run[i:i + n])
-    if len(data) <= _RAW_SCAN_MAX_BYTES:
-        for needle in raw:
-            if needle in data:
-                return mask(needle.hex())
+    if len(data) > _RAW_SCAN_MAX_BYTES or not data.strip(b"\0"):
+        return None  # too big for the byte scan, or all zeros (the outbox's disk reserve)
+    # Raw bytes (an address, or its base64) anywhere, binary files included: every window
+    # of the file as an integer, matched against the needles in one vectorised lookup.
+    import numpy as np
+
+    for width in sorted({len(n) for n in raw}):
+        needles = [n for n in raw if len(n) == width]
+        wanted = np.unique(np.array([int.from_bytes(n, "big") for n in needles],
+                                    dtype=np.uint64))
+        keys = _window_keys(data, width)
+        at = np.minimum(np.searchsorted(wanted, keys), len(wanted) - 1)
+        hits = np.nonzero(wanted[at] == keys)[0]
+        if len(hits):
+            return mask(data[hits[0]:hits[0] + width].hex())
     return None
 
 
 # -- the gateway's files ----------------------------------------------------------------------
 
 
-def scan_data_dir(data_dir: Path, logs: list[Path], result: CheckResult,
+def scan_data_dir(data_dir: Path | None, logs: list[Path], result: CheckResult,
                   allowed: set[str], watch: tuple[set[str], list[bytes]] | None) -> None:
     scanner = IdentifierScanner(result, allowed)
     files = sorted(p for p in data_dir.rglob("*") if p.is_file()) if data_dir else []
@@ -460,7 +484,7 @@ def audit_store(data_dir: str | Path | None, store: str | None, policy, min_coun
         allowed |= {e.node for e in keyring}
     needles = watch_needles(watch) if watch is not None else None
     if ddir is not None or log_paths:
-        scan_data_dir(ddir or Path("."), log_paths, result, allowed, needles)
+        scan_data_dir(ddir, log_paths, result, allowed, needles)
     points = list(_outbox_points(ddir))
     result.figures["outbox_points"] = len(points)
     if store:
