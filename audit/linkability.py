@@ -104,8 +104,9 @@ def _run_node(phones: list[Phone], window_s: int, windows: int, node_rng, pop_se
         states.append(sampler._state.tobytes())
         if key_checks is not None:
             held = _sampler_bytes(sampler)
-            old_key, old_state = keys.keys[w], states[w]
-            if old_key in held or old_state in held:
+            old_key = keys.keys[w] if w < len(keys.keys) else b""
+            old_state = states[w]
+            if (old_key and old_key in held) or old_state in held:
                 key_checks.add(f"after window {w + 1} the crowd sampler still holds that "
                                "window's key or key state", "firmware/measure/crowd.py")
             if any(sampler._table):
@@ -116,8 +117,8 @@ def _run_node(phones: list[Phone], window_s: int, windows: int, node_rng, pop_se
         if len(set(states)) != len(states) or len(set(keys.keys)) != len(keys.keys):
             key_checks.add("the crowd sampler used the same key in two windows",
                            "firmware/measure/crowd.py")
-        if sampler.keys_used != windows + 1:
-            key_checks.add(f"the crowd sampler drew {sampler.keys_used} keys for {windows} "
+        if len(keys.keys) != windows + 1:  # counted at the RNG, not by the sampler
+            key_checks.add(f"the crowd sampler drew {len(keys.keys)} keys for {windows} "
                            "windows (one per window and one to start is expected)",
                            "firmware/measure/crowd.py")
         sampler.close()
