@@ -175,6 +175,20 @@ def test_seeded_traffic_violations_fail_naming_frame_node_and_cause(gen, tmp_pat
     assert node in out
 
 
+def test_band_levels_every_second_pass_even_when_delivered_back_to_back(gen):
+    noise = node_of(gen, "noise")
+    band = M["band_1000hz_db"].id
+    # a node emptying its ring buffer: 1 s windows, all arriving in the same millisecond
+    messages = [Message(T0 * 1000, noise.topic, frame(
+        noise, T0 + i, [(M["laeq_db"].id, 600), (band, 550)], window_s=1)) for i in range(30)]
+    result = audit_traffic(messages, mf.load_manifest(), load_policy(default_policy_path()))
+    assert result.ok, result.lines()
+    twice = messages + [Message(T0 * 1000, noise.topic, frame(
+        noise, T0 + 29, [(M["laeq_db"].id, 600), (band, 551)], window_s=1, counter=T0 + 99))]
+    result = audit_traffic(twice, mf.load_manifest(), load_policy(default_policy_path()))
+    assert "sent band levels for the same second twice" in result.findings[0].message
+
+
 def test_bad_input_exits_2_with_a_sentence(tmp_path, capsys):
     not_a_recording = tmp_path / "x.dordtrec"
     not_a_recording.write_text("hello")
