@@ -98,35 +98,66 @@ class IdentifierScanner:
                 return
 
 
-def watch_needles(addresses: Iterable[str]) -> tuple[set[str], list[bytes]]:
-    """(hex needles, raw byte needles) for a watch list of addresses ("AA:BB:CC:DD:EE:FF").
-    Hex needles are lower-case digits without separators: an address in either byte
-    order (12 digits), and SHA-256/SHA-1/MD5 of its bytes and of its text (whole, and
-    the first 16 digits)."""
-    hex_needles: set[str] = set()
-    raw: list[bytes] = []
-    for text in addresses:
-        text = text.strip()
-        if not text or text.startswith("#"):
-            continue
-        digits = re.sub(r"[^0-9A-Fa-f]", "", text)
-        if len(digits) != 12:
-            raise AuditInputError(f"watch list: {text!r} is not a 6-byte address "
-                                  "(write it as AA:BB:CC:DD:EE:FF)")
-        b = bytes.fromhex(digits)
-        for form in (b, b[::-1]):
-            hex_needles.add(form.hex())
-            raw.append(form)
-            raw.append(base64.b64encode(form))
-        spellings = [b, ":".join(f"{x:02X}" for x in b).encode(),
-                     ":".join(f"{x:02x}" for x in b).encode(), digits.lower().encode(),
-                     digits.upper().encode()]
-        for s in spellings:
-            for algo in ("sha256", "sha1", "md5"):
-                h = hashlib.new(algo, s).hexdigest()
-                hex_needles.add(h)
-                hex_needles.add(h[:16])
-    return hex_needles, raw
+class WatchList:
+    """Radio addresses ("AA:BB:CC:DD:EE:FF") that must not appear, in every form a program
+    might write them.  Hex needles are lower-case digits without separators: an address
+    in either byte order (12 digits), and SHA-256/SHA-1/MD5 of its bytes and of its text
+    (whole, and the first 16 digits).  Raw needles are its bytes, either order, and their
+    base64."""
+
+    def __init__(self, addresses: Iterable[str]):
+        import numpy as np
+
+        self.hex: set[str] = set()
+        raw: list[bytes] = []
+        for text in addresses:
+            text = text.strip()
+            if not text or text.startswith("#"):
+                continue
+            digits = re.sub(r"[^0-9A-Fa-f]", "", text)
+            if len(digits) != 12:
+                raise AuditInputError(f"watch list: {text!r} is not a 6-byte address "
+                                      "(write it as AA:BB:CC:DD:EE:FF)")
+            b = bytes.fromhex(digits)
+            for form in (b, b[::-1]):
+                self.hex.add(form.hex())
+                raw += [form, base64.b64encode(form)]
+            spellings = [b, ":".join(f"{x:02X}" for x in b).encode(),
+                         ":".join(f"{x:02x}" for x in b).encode(), digits.lower().encode(),
+                         digits.upper().encode()]
+            for spelling in spellings:
+                for algo in ("sha256", "sha1", "md5"):
+                    h = hashlib.new(algo, spelling).hexdigest()
+                    self.hex.add(h)
+                    self.hex.add(h[:16])
+        self.count = len(raw) // 4
+        self.lengths = sorted({len(n) for n in self.hex})
+        # per width, the raw needles as sorted integers, for a vectorised lookup
+        self.raw = {width: np.unique(np.array([int.from_bytes(n, "big") for n in raw
+                                               if len(n) == width], dtype=np.uint64))
+                    for width in sorted({len(n) for n in raw})}
+
+    def hits(self, data: bytes, raw: bool = True) -> str | None:
+        """A masked needle found in `data`, or None."""
+        for m in _HEXISH.finditer(data.lower()):
+            run = m.group(0).replace(b":", b"").replace(b"-", b"").decode()
+            for n in self.lengths:
+                for i in range(0, len(run) - n + 1):
+                    if run[i:i + n] in self.hex:
+                        return mask(run[i:i + n])
+        if not raw or len(data) > _RAW_SCAN_MAX_BYTES or not data.strip(b"\0"):
+            return None  # too big for the byte scan, or all zeros (the outbox's disk reserve)
+        # Raw bytes (an address, or its base64) anywhere, binary files included: every
+        # window of the file as an integer, matched against the sorted needles at once.
+        import numpy as np
+
+        for width, wanted in self.raw.items():
+            keys = _window_keys(data, width)
+            at = np.minimum(np.searchsorted(wanted, keys), len(wanted) - 1)
+            found = np.nonzero(wanted[at] == keys)[0]
+            if len(found):
+                return mask(data[found[0]:found[0] + width].hex())
+        return None
 
 
 def _window_keys(data: bytes, width: int):
@@ -142,38 +173,11 @@ def _window_keys(data: bytes, width: int):
     return keys
 
 
-def _watch_hits(data: bytes, hex_needles: set[str], raw: list[bytes]) -> str | None:
-    lowered = data.lower()
-    lengths = sorted({len(n) for n in hex_needles})
-    for m in _HEXISH.finditer(lowered):
-        run = m.group(0).replace(b":", b"").replace(b"-", b"").decode()
-        for n in lengths:
-            for i in range(0, len(run) - n + 1):
-                if run[i:i + n] in hex_needles:
-                    return mask(run[i:i + n])
-    if len(data) > _RAW_SCAN_MAX_BYTES or not data.strip(b"\0"):
-        return None  # too big for the byte scan, or all zeros (the outbox's disk reserve)
-    # Raw bytes (an address, or its base64) anywhere, binary files included: every window
-    # of the file as an integer, matched against the needles in one vectorised lookup.
-    import numpy as np
-
-    for width in sorted({len(n) for n in raw}):
-        needles = [n for n in raw if len(n) == width]
-        wanted = np.unique(np.array([int.from_bytes(n, "big") for n in needles],
-                                    dtype=np.uint64))
-        keys = _window_keys(data, width)
-        at = np.minimum(np.searchsorted(wanted, keys), len(wanted) - 1)
-        hits = np.nonzero(wanted[at] == keys)[0]
-        if len(hits):
-            return mask(data[hits[0]:hits[0] + width].hex())
-    return None
-
-
 # -- the gateway's files ----------------------------------------------------------------------
 
 
 def scan_data_dir(data_dir: Path | None, logs: list[Path], result: CheckResult,
-                  allowed: set[str], watch: tuple[set[str], list[bytes]] | None) -> None:
+                  allowed: set[str], watch: WatchList | None) -> None:
     scanner = IdentifierScanner(result, allowed)
     files = sorted(p for p in data_dir.rglob("*") if p.is_file()) if data_dir else []
     files += [p for p in logs if p not in files]
@@ -185,7 +189,7 @@ def scan_data_dir(data_dir: Path | None, logs: list[Path], result: CheckResult,
             continue
         scanned += 1
         if watch is not None:
-            hit = _watch_hits(path.read_bytes(), *watch)
+            hit = watch.hits(path.read_bytes())
             if hit:
                 result.add(f"{name} holds a non-fleet radio address or a derivative of one "
                            f"({hit}): the gateway must drop every foreign advertisement before "
@@ -482,7 +486,7 @@ def audit_store(data_dir: str | Path | None, store: str | None, policy, min_coun
     allowed = {policy.hash, policy.hash[:12], policy.id}
     if keyring is not None:
         allowed |= {e.node for e in keyring}
-    needles = watch_needles(watch) if watch is not None else None
+    needles = WatchList(watch) if watch is not None else None
     if ddir is not None or log_paths:
         scan_data_dir(ddir, log_paths, result, allowed, needles)
     points = list(_outbox_points(ddir))
@@ -499,7 +503,7 @@ def audit_store(data_dir: str | Path | None, store: str | None, policy, min_coun
             for tag in p.tags.values():
                 scanner.scan(tag, where)
             if needles is not None:
-                hit = _watch_hits(" ".join(p.tags.values()).encode(), *needles)
+                hit = needles.hits(" ".join(p.tags.values()).encode(), raw=False)
                 if hit:
                     result.add(f"{where} carries a non-fleet radio address ({hit})", where)
         points += stored
