@@ -335,3 +335,27 @@ def test_traffic_audit_runs_on_messages_in_memory(gen):
     result = audit_traffic(gen.messages(T0, T0 + 600), mf.load_manifest(),
                            load_policy(default_policy_path()), gen.keyring())
     assert result.ok and result.figures["nodes"] == 27
+
+
+@pytest.mark.services
+def test_an_http_time_series_store_is_audited_too(gen, victoriametrics_factory, tmp_path):
+    from gateway.forward.influx import InfluxStore
+
+    vm = victoriametrics_factory()
+    t = (int(__import__("time").time()) // 3600 - 2) * 3600  # inside the store's retention
+    policy = load_policy(default_policy_path())
+    store = InfluxStore(vm.url)
+    store.write(Anonymiser(policy).apply([crowd_reading(gen, t + 60 * i, c)
+                                          for i, c in enumerate([0, 3, 12, 40])]))
+    vm.flush()
+    result = audit_store(None, vm.url, policy)
+    assert result.ok, result.lines()
+    assert result.figures["crowd_points"] == 4
+    store.write([crowd_reading(gen, t + 600, 3)])  # a count the policy never released
+    store.close()
+    vm.flush()
+    result = audit_store(None, vm.url, policy)
+    assert [f.message.split(" at ")[0] for f in result.findings] == [
+        f"node {protocol.node_name(node_of(gen, 'crowd').placement.node_id)} released "
+        "crowd_count 3", f"node {protocol.node_name(node_of(gen, 'crowd').placement.node_id)}"
+        " released rssi_bin_2 = 3"]
