@@ -102,17 +102,28 @@ def day(tmp_path_factory):
                           frames=count, through_s=through_s)
 
 
-def report_args(day, data=None, log=None, out=None):
+def report_args(day, data=None, log=None, out=None, trials=200):
     return ["audit", "report", "--data-dir", str(data or day.data),
             "--store", f"sqlite:{day.store}", "--recording", str(day.recording),
             "--keyring", str(day.keyring), "--policy", str(day.policy),
-            "--config", str(day.config), "--log", str(log or day.log), "--trials", "200",
+            "--config", str(day.config), "--log", str(log or day.log), "--trials", str(trials),
             "--out", str(out or day.root / "report.html")]
 
 
-def test_a_simulated_day_of_three_zones_passes_every_requirement(day, capsys):
-    code = main(report_args(day))
-    out = capsys.readouterr().out
+@pytest.fixture(scope="module")
+def day_report(day):
+    """`dordt audit report` over the day, once: (exit code, printed lines, page)."""
+    import contextlib
+    import io
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(report_args(day))
+    return code, printed.getvalue(), day.root / "report.html"
+
+
+def test_a_simulated_day_of_three_zones_passes_every_requirement(day, day_report):
+    code, out, _page = day_report
     report = json.loads((day.root / "report.json").read_text())
     failing = [r for r in report["requirements"] if r["status"] != "pass"]
     assert code == 0 and not failing, (out, failing)
@@ -151,14 +162,12 @@ def test_a_capture_from_the_broker_passes_the_traffic_audit(day, capsys):
     assert [f.where for f in result.findings] == [f"frame {day.frames}"]
 
 
-def test_the_report_renders_in_headless_chromium_with_every_result(day, tmp_path, capsys):
+def test_the_report_renders_in_headless_chromium_with_every_result(day_report, tmp_path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
-    page = tmp_path / "report.html"
-    main(report_args(day, out=page))
-    capsys.readouterr()
+    page = day_report[2]
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
     for flag in ("--headless", "--no-sandbox", "--disable-gpu",
@@ -197,7 +206,7 @@ def test_a_ble_address_in_a_copy_of_the_gateway_log_fails_only_that_requirement(
     log.write_text(day.log.read_text() + json.dumps(
         {"time": "2026-12-04T10:00:00Z", "level": "debug", "logger": "dordt.gateway.ble",
          "message": "foreign advertisement from 5A:10:C3:77:0B:E2"}) + "\n")
-    code = main(report_args(day, log=log, out=tmp_path / "r.html"))
+    code = main(report_args(day, log=log, out=tmp_path / "r.html", trials=20))
     out = capsys.readouterr().out
     report = json.loads((tmp_path / "r.json").read_text())
     assert code == 1
@@ -236,3 +245,87 @@ def test_register_exports_validate_and_hold_no_key_or_secret(day, tmp_path, caps
     assert "**legal basis**: **MISSING" in md
     doc = json.loads((tmp_path / "bare" / "registers.json").read_text())
     assert doc["algorithm_register"][0]["legal_basis"] is None
+
+
+def test_each_seeded_violation_fails_the_report_naming_its_cause(day, tmp_path, capsys):
+    """All of issue 11's seeded violations in one copy of the day, each in a different
+    requirement: exactly those requirements fail, each with its cause."""
+    from fractions import Fraction
+
+    from firmware import metrics, protocol
+    from gateway.anonymise import EpsilonAccountant
+    from gateway.model import Reading
+    from simulators.recording import Message, write_recording
+
+    gen, M = day.gen, metrics.BY_NAME
+    crowd = next(n for n in gen.nodes if n.placement.kind == "crowd"
+                 and n.placement.zone == "spoorzone")
+    noise = next(n for n in gen.nodes if n.placement.kind == "noise")
+    last = max(m.t_ms for m in RecordingReader(day.recording)) // 1000
+    bins = [(M[f"rssi_bin_{i}"].id, 2) for i in range(5)]
+
+    def frame(node, t, pairs, window_s=60):
+        return protocol.encode(node.key, metrics.KIND_IDS[node.placement.kind],
+                               node.placement.node_id, 2 * t, t, window_s, pairs)
+
+    seeded = [  # a firmware change: an extra metric; a hash in a count; bands every 100 ms
+        Message(last * 1000 + 1, crowd.topic, frame(crowd, last + 1, [
+            (M["crowd_count"].id, 10), *bins, (M["crowd_faults"].id, 0), (0x67, 31337)])),
+        Message(last * 1000 + 2, crowd.topic, frame(crowd, last + 2, [
+            (M["crowd_count"].id, 0xBEEF), *bins, (M["crowd_faults"].id, 0)])),
+        *(Message(last * 1000 + 100 * i, noise.topic, frame(noise, last + 3, [
+            (M["laeq_db"].id, 600), (M["band_1000hz_db"].id, 550)], window_s=0))
+          for i in range(10)),
+    ]
+    recording = tmp_path / "seeded.dordtrec"
+    write_recording(recording, [*RecordingReader(day.recording), *seeded], {}, gen.topics)
+    data = tmp_path / "gw"
+    shutil.copytree(day.data, data)
+    store = tmp_path / "store.sqlite"
+    shutil.copy(day.store, store)
+    # a released crowd count of 3 (what a policy with k = 3 lets through)
+    local = LocalStore(store)
+    node = protocol.node_name(crowd.placement.node_id)
+    local.write([Reading(node, "crowd", "spoorzone", crowd.placement.site, 1, last + 60, 60,
+                         {"crowd_count": 3.0, "rssi_bin_2": 3.0, "crowd_faults": 0.0})])
+    local.close()
+    # an overspent budget: a maasterras node charged past the zone's 200
+    spender = next(n for n in gen.nodes if n.placement.kind == "crowd"
+                   and n.placement.zone == "maasterras")
+    acct = EpsilonAccountant(data / "privacy.sqlite")
+    acct.reserve([(protocol.node_name(spender.placement.node_id), last // 86400 - 1,
+                   Fraction(250), Fraction(10_000))])
+    acct.close()
+    # a gateway log line with a phone's BLE address
+    log = tmp_path / "gateway.log"
+    log.write_text(day.log.read_text() + json.dumps({"level": "debug", "message":
+                                                     "adv from 6E:21:9B:40:C8:17"}) + "\n")
+    # a manifest that no longer matches the code
+    manifest = json.loads((ROOT / "audit" / "manifest.json").read_text())
+    manifest["firmware_files"]["measure/crowd.py"] = "0" * 64
+    manifest["firmware_sha256"] = "f" * 64
+    stale = tmp_path / "manifest.json"
+    stale.write_text(json.dumps(manifest))
+
+    args = ["audit", "report", "--data-dir", str(data), "--store", f"sqlite:{store}",
+            "--recording", str(recording), "--keyring", str(day.keyring), "--policy",
+            str(day.policy), "--config", str(day.config), "--log", str(log), "--manifest",
+            str(stale), "--trials", "20", "--out", str(tmp_path / "r.html")]
+    assert main(args) == 1
+    capsys.readouterr()
+    report = json.loads((tmp_path / "r.json").read_text())
+    failing = {r["id"]: " ".join(f["message"] for f in r["findings"])
+               for r in report["requirements"] if r["status"] != "pass"}
+    causes = {
+        "manifest-current": "no longer matches the code (changed: firmware/measure/crowd.py",
+        "only-manifest-metrics": "sent metric 0x67, which the manifest does not allow",
+        "no-identifier-in-traffic": "crowd_count 48879, more than its hash table can hold",
+        "band-levels-1s": "band levels over a 0 s window",
+        "no-identifier-at-gateway": "gateway.log line",
+        "small-counts-withheld": f"node {node} released crowd_count 3 at",
+        "epsilon-within-budget": "over its daily budget of 200",
+    }
+    assert set(failing) == set(causes), failing
+    for rid, cause in causes.items():
+        assert cause in failing[rid], (rid, failing[rid])
+    assert "6E:21:9B:40:C8:17" not in (tmp_path / "r.html").read_text()
