@@ -54,4 +54,5 @@ def test_the_command_states_the_attacker_model_and_the_numbers(capsys):
     out = capsys.readouterr().out
     assert out.startswith("Attacker model: holds every count and RSSI bin")
     assert "linkability: all holds" in out
+    assert "all      phones: linked in" in out and "(95 % interval" in out
     assert main(["audit", "linkability", "--trials", "3"]) == 2
