@@ -54,6 +54,7 @@ _B64 = re.compile(r"(?<![A-Za-z0-9+/])[A-Za-z0-9+/]{22,}={0,2}(?![A-Za-z0-9+/=])
 _HEXISH = re.compile(rb"[0-9a-f:\-]{12,}")
 _FIELDS = frozenset(metrics.BY_NAME) | {"suppressed", "batch"}
 _TAGS = frozenset({"node", "zone", "site", "kind"})
+_READINGS = frozenset({"air", "noise", "crowd", "node_status"})  # measurements of readings
 _PROVENANCE_KEYS = frozenset({"digest", "signature", "policy_hash", "prev", "hash"})
 _SECRET_FILES = frozenset({"gateway.key"})
 _RAW_SCAN_MAX_BYTES = 256 * 1024 * 1024
@@ -273,11 +274,12 @@ def _scan_sqlite(path: Path, name: str, scanner: IdentifierScanner,
                             scanner.scan(str(value), where)
                     elif table == "outbox" and col == "line":
                         try:
-                            _m, tags, fields, _t = parse_line(value)
+                            measurement, tags, fields, _t = parse_line(value)
                         except ValueError:
                             scanner.scan(str(value), where)
                             continue
-                        _names_ok(result, tags, fields, where)
+                        if measurement in _READINGS:
+                            _names_ok(result, tags, fields, where)
                         for tag in tags.values():
                             scanner.scan(tag, where)
                     elif isinstance(value, str):
@@ -499,7 +501,8 @@ def audit_store(data_dir: str | Path | None, store: str | None, policy, min_coun
             if p.measurement == "provenance":
                 continue
             where = f"store point {p.measurement} {p.time_s}"
-            _names_ok(result, p.tags, p.fields, where)
+            if p.measurement in _READINGS:  # the gateway's own points (health, gaps) differ
+                _names_ok(result, p.tags, p.fields, where)
             for tag in p.tags.values():
                 scanner.scan(tag, where)
             if needles is not None:

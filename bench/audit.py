@@ -118,6 +118,9 @@ def main() -> None:
         "store_points": store.figures.get("store_points"),
         "traffic_frames_per_s": round(frames / traffic_s),
     }
+    for check in (traffic, store):
+        for line in check.lines()[:-1][:10]:
+            print(f"{check.check} finding: {line}")
     print(f"recorded {frames} frames of {args.days} days in {record_s:.1f} s "
           f"(generate {generate_s:.1f} s, through Mosquitto and the gateway {replay_s:.1f} s)")
     print(f"audited in {audit_s:.1f} s (traffic {traffic_s:.1f} s, store {store_s:.1f} s): "

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import sqlite3
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -74,7 +75,8 @@ def day(tmp_path_factory):
     data = root / "gw"
     store = root / "store.sqlite"
     gateway = Gateway(gen.keyring(), LocalStore(store), data, broker.url,
-                      client_id="audit-day-gateway", policy_path=policy)
+                      client_id="audit-day-gateway", policy_path=policy,
+                      heartbeat_s=1.0)  # its health points reach the store too
     capture = root / "capture.dordtrec"  # what `dordt sim record --broker` captures
     recorder = BrokerRecorder(broker.url, RecordingWriter(capture, {"source": "broker"}),
                               client_id="audit-day-capture")
@@ -131,6 +133,8 @@ def test_a_simulated_day_of_three_zones_passes_every_requirement(day, day_report
     checks = report["checks"]
     assert checks["traffic"]["figures"]["frames"] == day.frames
     assert checks["store"]["figures"]["store_points"] > 0
+    assert sqlite3.connect(day.store).execute(
+        "SELECT count(*) FROM points WHERE measurement = 'gateway_health'").fetchone()[0] > 0
     # the day exercised what the requirements are about
     supp = report["charts"]["suppression"]
     assert set(supp) == {"spoorzone", "maasterras", "spuiboulevard"}
