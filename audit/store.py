@@ -497,16 +497,26 @@ def audit_store(data_dir: str | Path | None, store: str | None, policy, min_coun
         stored = read_store(store)
         result.figures["store_points"] = len(stored)
         scanner = IdentifierScanner(result, allowed)
+        # A series repeats its tags and field names in every point: each distinct set is
+        # judged once, at the first point that carries it.
+        seen_tags: set[tuple] = set()
+        seen_names: set[tuple] = set()
         for p in stored:
             if p.measurement == "provenance":
                 continue
             where = f"store point {p.measurement} {p.time_s}"
-            if p.measurement in _READINGS:  # the gateway's own points (health, gaps) differ
+            names = (p.measurement, *p.tags, *p.fields)
+            if p.measurement in _READINGS and names not in seen_names:
+                seen_names.add(names)  # the gateway's own points (health, gaps) differ
                 _names_ok(result, p.tags, p.fields, where)
-            for tag in p.tags.values():
+            tags = tuple(p.tags.values())
+            if tags in seen_tags:
+                continue
+            seen_tags.add(tags)
+            for tag in tags:
                 scanner.scan(tag, where)
             if needles is not None:
-                hit = needles.hits(" ".join(p.tags.values()).encode(), raw=False)
+                hit = needles.hits(" ".join(tags).encode(), raw=False)
                 if hit:
                     result.add(f"{where} carries a non-fleet radio address ({hit})", where)
         points += stored
