@@ -66,7 +66,10 @@ def register(groups) -> None:
     rp = cmds.add_parser("report", help="one HTML page (and JSON) over every check")
     rp.add_argument("--data-dir", required=True, metavar="DIR")
     rp.add_argument("--store", metavar="SPEC")
-    rp.add_argument("--recording", metavar="FILE")
+    rp.add_argument("--recording", metavar="FILE",
+                    help="a recording of the same period (`dordt sim record --broker`); "
+                    "without one the traffic requirements are 'not checked' and the report "
+                    "does not pass")
     rp.add_argument("--keyring", required=True, metavar="FILE")
     rp.add_argument("--zones", metavar="FILE")
     rp.add_argument("--log", action="append", default=[], metavar="FILE")
