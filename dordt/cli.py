@@ -16,6 +16,7 @@ from dordt.errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from audit import cli as audit_cli
     from dordt import demo_cli
     from fleet import cli as fleet_cli
     from gateway import cli as gateway_cli
@@ -35,12 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     fleet_cli.register(groups)
     provision_cli.register(groups)
     hardware_cli.register(groups)
-    audit = groups.add_parser(
-        "audit", help="privacy audits and register exports (not built yet)",
-        description="Privacy audits against the emission manifest and exports for the "
-        "algorithm and sensor registers. Not built yet: it follows the gateway and fleet "
-        "issues.")
-    audit.set_defaults(handler=_not_built("audit"))
+    audit_cli.register(groups)
     return parser
 
 

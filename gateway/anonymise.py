@@ -51,7 +51,8 @@ MIN_EPSILON = 1e-6  # a smaller non-zero epsilon is a typo, not a policy
 
 # Bumped when `apply` starts to treat the same policy values differently; it is part of the
 # hash, so a batch's policy hash says which rules it went through, not only which numbers.
-SEMANTICS = 1
+# 2: with noise on, a noisy RSSI bin of 1..k-1 withholds the histogram (as without noise).
+SEMANTICS = 2
 
 # The gateway-added field that says a value was withheld, and why (docs/privacy.md).
 SUPPRESSED = "suppressed"
@@ -625,6 +626,12 @@ class Anonymiser:
         total = fields.get(COUNT, sum(fields[b] for b in BINS if b in fields))
         if 0 < total < zp.crowd_min_count:
             return self._withhold(r, SMALL_COUNT, res)
+        # The k rule applies to the noisy bins too (docs/privacy.md §3, §4.1): a small bin
+        # withholds the whole histogram, as without noise.  Found by `dordt audit store`.
+        if any(0 < fields[b] < zp.crowd_min_count for b in BINS if b in fields):
+            self.counts["suppressed." + SUPPRESSED_REASONS[SMALL_RSSI_BIN]] += 1
+            fields = {n: v for n, v in fields.items() if n not in BINS}
+            fields[SUPPRESSED] = float(SMALL_RSSI_BIN)
         return _coarsen(r, fields, res)
 
 

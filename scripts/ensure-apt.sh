@@ -2,8 +2,8 @@
 # ensure-apt.sh [PACKAGE...]: install the Debian packages the test suite runs for real
 # (default: mosquitto and victoria-metrics) unless their programs are already there,
 # libcrypto's headers for the optional C frame path (setup.py; without them it is skipped),
-# and the label tests' QR decoder (zbar-tools: zbarimg) and SVG renderer (librsvg2-bin:
-# rsvg-convert).
+# the label tests' QR decoder (zbar-tools: zbarimg) and SVG renderer (librsvg2-bin:
+# rsvg-convert), and chromium with its driver for the audit report's browser test.
 set -euo pipefail
 if [ $# -eq 0 ]; then
     want=()
@@ -12,6 +12,9 @@ if [ $# -eq 0 ]; then
     [ -f /usr/include/openssl/sha.h ] || want+=(libssl-dev)
     command -v zbarimg >/dev/null || want+=(zbar-tools)
     command -v rsvg-convert >/dev/null || want+=(librsvg2-bin)
+    # the audit report's browser test: headless chromium driven by selenium
+    command -v chromium >/dev/null || want+=(chromium)
+    command -v chromedriver >/dev/null || want+=(chromium-driver)
 else
     want=("$@")
 fi

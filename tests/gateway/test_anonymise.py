@@ -407,6 +407,17 @@ def test_noisy_counts_are_whole_non_negative_and_judged_after_the_noise(tmp_path
     assert any(r.fields.get(SUPPRESSED) == SMALL_COUNT for r in outs[0::2])
 
 
+def test_with_noise_a_small_noisy_rssi_bin_withholds_all_bins(tmp_path):
+    # docs/privacy.md §3/§4.1: the k rule applies to the noisy values, bins included
+    p = policy(crowd_noise_epsilon=0.5, daily_epsilon_budget=10_000.0)
+    a = Anonymiser(p, tmp_path / "privacy.sqlite", rng=random.Random(3))
+    outs = a.apply([crowd(40, [2, 3, 30, 3, 2], node=f"{i:08x}") for i in range(300)])
+    for r in outs:
+        bins = [r.fields[b] for b in BINS if b in r.fields]
+        assert not any(0 < b < 5 for b in bins), r.fields
+    assert any(r.fields.get(SUPPRESSED) == SMALL_RSSI_BIN and COUNT in r.fields for r in outs)
+
+
 def test_count_and_histogram_split_the_epsilon_of_a_release(tmp_path):
     p = policy(crowd_min_count=0, crowd_noise_epsilon=2.0, daily_epsilon_budget=2.0)
     a = Anonymiser(p, tmp_path / "privacy.sqlite", rng=random.Random(11))
