@@ -105,9 +105,10 @@ def test_a_firmware_change_that_adds_a_metric_makes_the_manifest_stale(tmp_path,
     shutil.copytree(ROOT / "firmware", firmware,
                     ignore=shutil.ignore_patterns("__pycache__"))
     reg = firmware / "metrics.py"
-    row = '    (0x66, "crowd_faults", "bitmask", 0, 0, 65535, "crowd"),\n'
+    row = "0x66 crowd_faults        bitmask  0   0      65535       crowd\n"
+    assert row in reg.read_text()
     reg.write_text(reg.read_text().replace(
-        row, row + '    (0x67, "device_tag", "hash", 0, 0, 65535, "crowd"),\n'))
+        row, row + "0x67 device_tag          hash     0   0      65535       crowd\n"))
     result = mf.compare(mf.load_manifest(), mf.build_manifest(firmware))
     text = "\n".join(f.message for f in result.findings)
     assert "no longer matches the code" in text and "firmware/metrics.py" in text
