@@ -155,8 +155,10 @@ def build_manifest(root: str | Path | None = None) -> dict:
         raise AuditInputError(f"{root}: no such firmware folder")
     reg = _load_registry(root)
     files = firmware_files(root)
-    config_src = (root / "config.py").read_text(encoding="utf-8") \
-        if (root / "config.py").is_file() else ""
+    # the config defaults are checked in config.py or, loaded only while checking,
+    # config_check.py
+    config_src = "".join((root / name).read_text(encoding="utf-8")
+                         for name in ("config.py", "config_check.py") if (root / name).is_file())
     m = _STATUS_EVERY.search(config_src)
     status_every = int(m.group(1)) if m else None
 
@@ -190,7 +192,7 @@ def build_manifest(root: str | Path | None = None) -> dict:
         "status": {
             "metrics": by_group.get(reg.GROUP_STATUS, []),
             "cadence": (f"a status frame every {status_every} measurement frames (default)"
-                        if status_every else "status frames: cadence not found in config.py"),
+                        if status_every else "status frames: cadence not found in config.py or config_check.py"),
             "status_every_default": status_every,
         },
     }
