@@ -192,7 +192,7 @@ def build_manifest(root: str | Path | None = None) -> dict:
         "status": {
             "metrics": by_group.get(reg.GROUP_STATUS, []),
             "cadence": (f"a status frame every {status_every} measurement frames (default)"
-                        if status_every else "status frames: cadence not found in config.py or config_check.py"),
+                        if status_every else "status frames: cadence not in the config code"),
             "status_every_default": status_every,
         },
     }
