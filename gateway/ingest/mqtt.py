@@ -85,6 +85,10 @@ class MqttIngest:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        self._client.on_log = self._on_log
+        # Why the broker would not take this gateway's TLS certificate, once it said so:
+        # retrying cannot cure that, so the command line stops and tells the operator.
+        self.tls_refused: str | None = None
         if tls is not None:
             _set_tls(self._client, tls, broker_url)
 
@@ -113,6 +117,7 @@ class MqttIngest:
                         reason_code)
             return
         self.connects += 1
+        client.on_log = None  # the certificate was taken; no formatting of log lines per frame
         client.subscribe(self.topic, qos=1)
         self.connected.set()
         log.info("connected to broker %s:%d (session present: %s)", self.host, self.port,
@@ -123,6 +128,12 @@ class MqttIngest:
         if self._stopping:
             return
         log.warning("lost broker %s:%d (%s); reconnecting", self.host, self.port, reason_code)
+
+    def _on_log(self, client, userdata, level, text: str) -> None:
+        # paho reports a TLS alert from the broker (a client certificate it does not
+        # trust) only as a log line: "failed to receive on socket: [SSL: ...] ...".
+        if level == mqtt.MQTT_LOG_ERR and "SSL" in text and not self.connected.is_set():
+            self.tls_refused = text.partition(": ")[2] or text
 
     def _on_message(self, client, userdata, message) -> None:
         mid, qos, session = message.mid, message.qos, self.connects
