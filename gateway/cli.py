@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import sqlite3
 import threading
 import time
 
@@ -182,7 +183,7 @@ def command_verify(args: argparse.Namespace) -> int:
             points = provenance.read_victoriametrics(spec, args.start, args.end)
         else:
             points = provenance.read_local(spec.removeprefix("sqlite:"), args.start, args.end)
-    except OSError as exc:
+    except (OSError, sqlite3.Error, ValueError) as exc:
         raise UserError(f"cannot read {spec}: {exc}") from exc
     report = provenance.verify_batches(points, key, args.gateway)
     print(f"{report.batches_ok} batches verified, {len(report.problems)} problems")

@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # ensure-apt.sh [PACKAGE...]: install the Debian packages the test suite runs for real
 # (default: mosquitto and victoria-metrics) unless their programs are already there, and
-# libcrypto's headers for the optional C frame path (setup.py; without them it is skipped).
+# libcrypto's headers for the optional C frame path (setup.py; without them it is skipped),
+# and gcc with its sanitiser runtimes for the fuzz targets (fuzz/).
 set -euo pipefail
 if [ $# -eq 0 ]; then
     want=()
     [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null || want+=(mosquitto)
     command -v victoria-metrics >/dev/null || want+=(victoria-metrics)
     [ -f /usr/include/openssl/sha.h ] || want+=(libssl-dev)
+    # the fuzz targets' sanitiser build of gateway/_speedups.c (scripts/build-asan-speedups.sh)
+    command -v gcc >/dev/null || want+=(gcc)
+    if command -v gcc >/dev/null; then
+        [ -f "$(gcc -print-file-name=libasan.so)" ] || want+=(libasan8)
+        [ -f "$(gcc -print-file-name=libubsan.so)" ] || want+=(libubsan1)
+    fi
 else
     want=("$@")
 fi
