@@ -119,7 +119,11 @@ class Keyring:
             raise KeyringError(f"{path}: \"nodes\" must be a list")
         ring = cls()
         for i, raw in enumerate(nodes):
-            ring.add(_entry_from_json(raw, f"{path}: nodes[{i}]"))
+            where = f"{path}: nodes[{i}]"
+            entry = _entry_from_json(raw, where)
+            if ring.get(entry.node_id) is not None:  # found by fuzz/fuzz_loaders.py keyring
+                raise KeyringError(f"{where}: node {entry.node} is listed twice; keep one")
+            ring.add(entry)
         return ring
 
     @staticmethod
