@@ -84,6 +84,8 @@ def test_a_corrupt_store_is_named_with_what_to_do(tmp_path, keyring):
     assert_told(r, 1, str(store), "not an SQLite database")
     q = dordt("gateway", "query", "--store", store)
     assert_told(q, 1, "not an SQLite database")
+    p = dordt("sim", "plot", "--store", store, "--out", tmp_path / "day.png")
+    assert_told(p, 1, "not an SQLite database")
 
 
 def test_stale_wal_and_shm_beside_a_new_store_are_blamed_not_the_disk(tmp_path, keyring):
