@@ -198,6 +198,11 @@ class Gateway:
             # so the broker redelivers it.
             self.verifier.restore(self.outbox.load_windows())
             raise
+        if "disk_full" in self.alerts and not self.outbox.ballast.exists():
+            # Take the ballast back as soon as there is room, not at the next
+            # housekeeping: a disk that fills again before then would find no room to
+            # give and cost the oldest readings (bench/soak.py, disk_full twice in 5 s).
+            self.outbox.restore_ballast()
         for env in envelopes:
             if env.ack is not None:
                 env.ack()
