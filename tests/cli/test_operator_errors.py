@@ -206,12 +206,11 @@ def test_a_recording_cut_short_is_reported(tmp_path):
 
 
 def test_an_unnamed_environment_fault_has_no_traceback_and_debug_shows_it(tmp_path):
-    # A store file in a folder that is a file: an OSError no handler names.
+    # A keyring to be written in a folder that is a file: an OSError no handler names.
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("x")
-    r = dordt("sim", "plot", "--store", blocker / "store.sqlite", "--out", blocker / "x.png")
-    out = r.stdout + r.stderr
-    assert "Traceback" not in out and r.returncode in (1, 2, 3), out
-    d = dordt("--debug", "sim", "plot", "--store", blocker / "store.sqlite", "--out",
-              blocker / "x.png")
-    assert "Traceback" in d.stderr
+    enrol = ("fleet", "enrol", "--keyring", blocker / "k.json", "--node", "0001001a",
+             "--kind", "air", "--zone", "spoorzone", "--site", "spz-01")
+    assert_told(dordt(*enrol), 3, "Not a directory", "--debug")
+    d = dordt("--debug", *enrol)
+    assert d.returncode != 0 and "Traceback" in d.stderr and "NotADirectoryError" in d.stderr
