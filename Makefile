@@ -10,7 +10,7 @@ VENV_STAMP := $(VENV)/.dordt-installed
 TEST_STAMP := $(VENV)/.dordt-test-installed
 NPM_STAMP  := $(MPY_JS)/node_modules/.dordt-installed
 
-.PHONY: demo test setup setup-test apt lint clean
+.PHONY: demo test setup setup-test apt lint clean fuzz
 
 demo: $(VENV_STAMP)
 	$(VENV)/bin/dordt demo $(ARGS)
@@ -18,6 +18,12 @@ demo: $(VENV_STAMP)
 # Both cores: a test file runs on one worker (its module fixtures stay together).
 test: setup-test
 	$(VENV)/bin/python -m pytest -n auto --dist loadfile $(ARGS)
+
+# Every fuzz target for FUZZ_S seconds (fuzz/run.sh says how: coverage-guided, then the C
+# targets under ASan + UBSan, with libasan preloaded).  Summary: build/fuzz/summary.txt.
+FUZZ_S ?= 60
+fuzz: setup-test
+	fuzz/run.sh $(FUZZ_S) $(TARGETS)
 
 setup: $(VENV_STAMP)
 # apt first: the venv's install builds the C frame path with libcrypto's headers.

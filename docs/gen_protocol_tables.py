@@ -47,6 +47,7 @@ EXAMPLE_FIELDS = {
     ],
 }
 EXAMPLE_ZONE = "spoorzone"
+EXAMPLE_BATCH = 7  # the store_lines vector air_typical uses the same
 EXAMPLE_SITE = "lamppost-17"
 
 
@@ -176,10 +177,17 @@ def air_example():
         "the tag is its first 16 bytes.",
         "",
         f"Published on `{topic}` (zone `{EXAMPLE_ZONE}`, QoS 1).",
-        f"With site `{EXAMPLE_SITE}` from the gateway's keyring, the store receives (§7):",
+        f"With site `{EXAMPLE_SITE}` from the gateway's keyring, its canonical line (§7; what",
+        "the batch's provenance digest covers) is",
         "",
         "```",
         line,
+        "```",
+        "",
+        f"and, sent in batch {EXAMPLE_BATCH}, the store receives (the `batch` field last, §7):",
+        "",
+        "```",
+        line.replace(f" {f['timestamp']}", f",batch={float(EXAMPLE_BATCH)!r} {f['timestamp']}"),
         "```",
     ]
     return "\n".join(out)

@@ -119,8 +119,32 @@ class Keyring:
             raise KeyringError(f"{path}: \"nodes\" must be a list")
         ring = cls()
         for i, raw in enumerate(nodes):
-            ring.add(_entry_from_json(raw, f"{path}: nodes[{i}]"))
+            where = f"{path}: nodes[{i}]"
+            entry = _entry_from_json(raw, where)
+            if ring.get(entry.node_id) is not None:  # found by fuzz/fuzz_loaders.py keyring
+                raise KeyringError(f"{where}: node {entry.node} is listed twice; keep one")
+            ring.add(entry)
         return ring
+
+    @staticmethod
+    def check_private(path: str | Path) -> None:
+        """Refuse a keyring file that other users may read or write: it holds every node's
+        key (as ssh refuses a private key with loose permissions).  A missing file is left
+        to load() to report."""
+        import os
+        import stat
+
+        try:
+            st = os.stat(path)
+        except OSError:
+            return
+        if not stat.S_ISREG(st.st_mode):
+            return
+        mode = stat.S_IMODE(st.st_mode)
+        if mode & 0o077:
+            raise KeyringError(
+                f"{path}: the keyring holds node keys but other users may read or change it "
+                f"(mode {mode:04o}); run `chmod 600 {path}`")
 
     def save(self, path: str | Path) -> None:
         """Write atomically (temp file, fsync, rename) with mode 0600."""

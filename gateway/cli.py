@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import sqlite3
 import threading
 import time
 
@@ -71,6 +72,7 @@ def command_check_config(args: argparse.Namespace) -> int:
 
     cfg = _load_config(args.config)
     try:
+        Keyring.check_private(cfg.path_of("gateway", "keyring"))
         ring = Keyring.load(cfg.path_of("gateway", "keyring"))
     except KeyringError as exc:
         raise UserError(f"{args.config}: [gateway] keyring: {exc}", 2) from exc
@@ -89,14 +91,18 @@ def command_check_config(args: argparse.Namespace) -> int:
 
 def command_run(args: argparse.Namespace) -> int:
     from fleet.keyring import Keyring, KeyringError
-    from gateway.forward import open_store
+    from gateway.buffer import OutboxError
+    from gateway.forward import StoreError, open_store
     from gateway.logs import setup_logging
     from gateway.pipeline import Gateway
 
+    gateway = data_dir = None
     try:
         if args.config:
             cfg = _load_config(args.config)
             setup_logging(cfg["log"]["format"], cfg["log"]["level"])
+            Keyring.check_private(cfg.path_of("gateway", "keyring"))
+            data_dir = cfg.path_of("gateway", "data_dir")
             gateway = Gateway.from_config(cfg)
             broker, store_spec = cfg["mqtt"]["url"], cfg["store"]["url"]
         else:
@@ -104,24 +110,64 @@ def command_run(args: argparse.Namespace) -> int:
                                                            "data_dir") if not getattr(args, n)]
             if missing:
                 raise UserError(f"give --config, or all of {', '.join(missing)}", 2)
+            Keyring.check_private(args.keyring)
             keyring = Keyring.load(args.keyring)
+            data_dir = args.data_dir
             gateway = Gateway(keyring, open_store(args.store), args.data_dir, args.broker,
                               client_id=args.client_id)
             broker, store_spec = args.broker, args.store
+        gateway.start()
     except (KeyringError, ValueError) as exc:
         raise UserError(str(exc), 2) from exc
+    except (OutboxError, StoreError) as exc:
+        raise UserError(str(exc)) from exc
+    except OSError as exc:
+        if gateway is not None:
+            gateway.stop(drain_timeout_s=0)
+        raise UserError(_environment_fault(exc, gateway, data_dir)) from exc
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    gateway.start()
     print(f"gateway: {len(gateway.verifier.keyring)} nodes, broker {broker}, "
           f"store {store_spec}", flush=True)
-    stop.wait(args.duration)
+    deadline = None if args.duration is None else time.monotonic() + args.duration
+    refused = None
+    while not stop.is_set():
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            break
+        stop.wait(0.2 if left is None else min(0.2, left))
+        refused = gateway.ingest.tls_refused if gateway.ingest is not None else None
+        if refused:
+            break
     gateway.stop(drain_timeout_s=5)
+    if refused:
+        raise UserError(
+            f"the broker {broker} refused this gateway's TLS certificate ({refused}); check "
+            "that [mqtt] cert_file is signed by the CA the broker trusts (dordt fleet "
+            "issues both)")
     s = gateway.stats
     print(json.dumps({"received": s.received, "accepted": s.accepted,
                       "rejected": dict(s.rejected)}), flush=True)
     return 0
+
+
+def _environment_fault(exc: OSError, gateway, data_dir) -> str:
+    """One line for an OSError met while starting: what happened, what to do."""
+    import errno
+
+    if exc.errno == errno.EADDRINUSE and gateway is not None:
+        return (f"the health port {gateway.health_port} is in use by another program "
+                "(another gateway?); stop it, or set [health] listen to a free port")
+    where = exc.filename or data_dir
+    if exc.errno == errno.EROFS:
+        return (f"{where} is on a read-only filesystem; give a data folder "
+                "([gateway] data_dir or --data-dir) on a writable disk")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"{where}: permission denied; check the owner and mode of the data folder"
+    if exc.errno == errno.ENOSPC:
+        return f"{where}: the disk is full; free space on it"
+    return f"{where}: {exc.strerror or exc}"
 
 
 def command_verify(args: argparse.Namespace) -> int:
@@ -137,7 +183,7 @@ def command_verify(args: argparse.Namespace) -> int:
             points = provenance.read_victoriametrics(spec, args.start, args.end)
         else:
             points = provenance.read_local(spec.removeprefix("sqlite:"), args.start, args.end)
-    except OSError as exc:
+    except (OSError, sqlite3.Error, ValueError) as exc:
         raise UserError(f"cannot read {spec}: {exc}") from exc
     report = provenance.verify_batches(points, key, args.gateway)
     print(f"{report.batches_ok} batches verified, {len(report.problems)} problems")

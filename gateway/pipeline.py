@@ -171,19 +171,38 @@ class Gateway:
             except sqlite3.OperationalError as exc:
                 if not _disk_full(exc):
                     raise
-                # The buffer's filesystem is full: make room by evicting the oldest
-                # readings (gap records say so), raise the alert, and try once more.
+                # The buffer's filesystem is full: raise the alert, give up the ballast
+                # and try again; only if that is not enough, make room by evicting the
+                # oldest readings (gap records say so) and try once more.  Evicting first
+                # lost every buffered reading to a disk filled for a moment by something
+                # else, with the store up and draining (bench/soak.py, disk_full).
                 self.alerts["disk_full"] = time.time()
-                log.error("buffer disk full: evicting the oldest readings to make room")
-                self.outbox.release_ballast()
-                self.outbox.evict_oldest(max(1000, 2 * len(readings)), EVICT_DISK_FULL)
+                released = self.outbox.release_ballast()
                 self.outbox.checkpoint()
-                self.outbox.commit(readings, moved, counts, self.anonymiser.policy_version)
+                try:
+                    if not released:
+                        raise exc
+                    log.error("buffer disk full: using the ballast's room")
+                    self.outbox.commit(readings, moved, counts,
+                                       self.anonymiser.policy_version)
+                except sqlite3.OperationalError as again:
+                    if not _disk_full(again):
+                        raise
+                    log.error("buffer disk full: evicting the oldest readings to make room")
+                    self.outbox.evict_oldest(max(1000, 2 * len(readings)), EVICT_DISK_FULL)
+                    self.outbox.checkpoint()
+                    self.outbox.commit(readings, moved, counts,
+                                       self.anonymiser.policy_version)
         except Exception:
             # Nothing of this group is durable: forget its window moves and do not ack,
             # so the broker redelivers it.
             self.verifier.restore(self.outbox.load_windows())
             raise
+        if "disk_full" in self.alerts and not self.outbox.ballast.exists():
+            # Take the ballast back as soon as there is room, not at the next
+            # housekeeping: a disk that fills again before then would find no room to
+            # give and cost the oldest readings (bench/soak.py, disk_full twice in 5 s).
+            self.outbox.restore_ballast()
         for env in envelopes:
             if env.ack is not None:
                 env.ack()

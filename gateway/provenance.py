@@ -306,17 +306,26 @@ def verify_batches(points: Iterable[StoredReading], public_key: Ed25519PublicKey
                    gateway: str | None = None) -> VerifyReport:
     """Check every provenance record among `points` against the readings carrying its
     batch number.  `points` must cover each record's [first_s, last_s].  Batch numbers are
-    per gateway: verify one gateway's range at a time (its nodes' readings)."""
+    per gateway: verify one gateway's range at a time (its nodes' readings).
+
+    The points come from a store, which anyone with write access could have filled: a
+    record or a batch number that cannot be read is a problem in the report, never an
+    exception."""
     records: list[ProvenanceRecord] = []
     members: dict[int, list[str]] = defaultdict(list)
-    for p in points:
-        if p.measurement == MEASUREMENT:
-            records.append(ProvenanceRecord.from_fields(p.tags["gateway"], p.fields))
-        elif BATCH_FIELD in p.fields:
-            tags = {k: v for k, v in p.tags.items() if k in ("zone", "site", "node", "kind")}
-            members[int(p.fields[BATCH_FIELD])].append(
-                canonical_line(p.measurement, tags, p.time_s, p.fields))
     report = VerifyReport()
+    for p in points:
+        try:
+            if p.measurement == MEASUREMENT:
+                records.append(ProvenanceRecord.from_fields(p.tags["gateway"], p.fields))
+            elif BATCH_FIELD in p.fields:
+                tags = {k: v for k, v in p.tags.items() if k in ("zone", "site", "node", "kind")}
+                members[int(p.fields[BATCH_FIELD])].append(
+                    canonical_line(p.measurement, tags, p.time_s, p.fields))
+        except (KeyError, ValueError, OverflowError, TypeError) as exc:
+            report.problems.append(
+                f"a {p.measurement!r} point at {p.time_s} cannot be read ({type(exc).__name__}"
+                f": {str(exc)[:80]}); the store holds something this gateway did not write")
     for rec in sorted(records, key=lambda r: r.seq):
         if gateway is not None and rec.gateway != gateway:
             continue
@@ -373,21 +382,44 @@ def read_victoriametrics(url: str, start_s: int, end_s: int,
     query = urllib.parse.urlencode({"match[]": match, "start": start_s, "end": end_s})
     with urllib.request.urlopen(f"{url.rstrip('/')}/api/v1/export?{query}",
                                 timeout=timeout_s) as resp:
-        body = resp.read().decode()
+        body = resp.read()
+    return parse_victoriametrics_export(body)
+
+
+def parse_victoriametrics_export(body: bytes | str) -> list[StoredReading]:
+    """The points of a VictoriaMetrics /api/v1/export answer (one JSON series a line:
+    {"metric": {labels}, "values": [...], "timestamps": [ms, ...]}), grouped into
+    readings.  Raises ValueError naming the line for anything else."""
+    if isinstance(body, bytes):
+        try:
+            body = body.decode()
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"the store's export is not UTF-8 text ({exc})") from None
     grouped: dict[tuple, StoredReading] = {}
-    for line in body.splitlines():
+    for number, line in enumerate(body.splitlines(), 1):
         if not line.strip():
             continue
-        series = json.loads(line)
-        labels = dict(series["metric"])
-        name = labels.pop("__name__")
-        labels.pop("db", None)
-        measurement = next(m for m in _MEASUREMENTS if name.startswith(m + "_"))
-        field_name = name[len(measurement) + 1:]
-        tag_key = tuple(sorted(labels.items()))
-        for value, ts_ms in zip(series["values"], series["timestamps"]):
-            key = (measurement, tag_key, ts_ms // 1000)
-            if key not in grouped:
-                grouped[key] = StoredReading(measurement, dict(labels), ts_ms // 1000, {})
-            grouped[key].fields[field_name] = float(value)
+        try:
+            series = json.loads(line)
+            labels = {str(k): str(v) for k, v in dict(series["metric"]).items()}
+            name = labels.pop("__name__")
+            labels.pop("db", None)
+            measurement = next((m for m in _MEASUREMENTS if name.startswith(m + "_")), None)
+            if measurement is None:
+                continue  # not a dordt series: the match[] filter let it through
+            field_name = name[len(measurement) + 1:]
+            tag_key = tuple(sorted(labels.items()))
+            values, stamps = series["values"], series["timestamps"]
+            if not isinstance(values, list) or not isinstance(stamps, list) or \
+                    len(values) != len(stamps):
+                raise ValueError("values and timestamps do not pair up")
+            for value, ts_ms in zip(values, stamps, strict=True):
+                time_s = int(ts_ms) // 1000
+                key = (measurement, tag_key, time_s)
+                if key not in grouped:
+                    grouped[key] = StoredReading(measurement, dict(labels), time_s, {})
+                grouped[key].fields[field_name] = float(value)
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
+            raise ValueError(f"the store's export, line {number}: not a series this tool "
+                             f"reads ({type(exc).__name__}: {str(exc)[:80]})") from None
     return list(grouped.values())

@@ -3,7 +3,8 @@
 # (default: mosquitto and victoria-metrics) unless their programs are already there,
 # libcrypto's headers for the optional C frame path (setup.py; without them it is skipped),
 # the label tests' QR decoder (zbar-tools: zbarimg) and SVG renderer (librsvg2-bin:
-# rsvg-convert), and chromium with its driver for the audit report's browser test.
+# rsvg-convert), chromium with its driver for the audit report's browser test, and gcc
+# with its sanitiser runtimes for the fuzz targets (fuzz/).
 set -euo pipefail
 if [ $# -eq 0 ]; then
     want=()
@@ -15,6 +16,12 @@ if [ $# -eq 0 ]; then
     # the audit report's browser test: headless chromium driven by selenium
     command -v chromium >/dev/null || want+=(chromium)
     command -v chromedriver >/dev/null || want+=(chromium-driver)
+    # the fuzz targets' sanitiser build of gateway/_speedups.c (scripts/build-asan-speedups.sh)
+    command -v gcc >/dev/null || want+=(gcc)
+    if command -v gcc >/dev/null; then
+        [ -f "$(gcc -print-file-name=libasan.so)" ] || want+=(libasan8)
+        [ -f "$(gcc -print-file-name=libubsan.so)" ] || want+=(libubsan1)
+    fi
 else
     want=("$@")
 fi

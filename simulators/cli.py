@@ -402,6 +402,7 @@ def command_faults(args: argparse.Namespace) -> int:
 
 
 def command_plot(args: argparse.Namespace) -> int:
+    from gateway.forward import StoreError
     from simulators import plot
 
     day = None
@@ -420,6 +421,8 @@ def command_plot(args: argparse.Namespace) -> int:
         raise UserError(f"{exc.filename}: not found", 2) from None
     except (plot.PlotError, ValueError) as exc:
         raise UserError(str(exc), 2) from exc
+    except StoreError as exc:  # a store file that is damaged or not a store
+        raise UserError(str(exc)) from exc
     print(f"plotted {data.day} ({', '.join(data.zones())}) to {out}")
     return 0
 

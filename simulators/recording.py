@@ -394,7 +394,11 @@ class RecordingReader:
                                     "writing)")
                     return
                 if head[:2] == END_MAGIC:
-                    self._end(head + f.read(END_LEN - len(head)), offset)
+                    # A chunk header is longer than the end marker: `head` may hold the
+                    # marker and what follows it (found by fuzzing, fuzz/fuzz_recording.py).
+                    data = head + f.read(max(0, END_LEN - len(head)))
+                    self._end(data[:END_LEN], offset, stray=len(data) > END_LEN or
+                              bool(f.read(1)))
                     return
                 if len(head) < CHUNK_HEADER_LEN:
                     self.problem = (f"{self.path}: cut short inside the header of chunk "
@@ -431,7 +435,7 @@ class RecordingReader:
                     self.count += 1
                     yield msg
 
-    def _end(self, data: bytes, offset: int) -> None:
+    def _end(self, data: bytes, offset: int, stray: bool = False) -> None:
         if len(data) < END_LEN:
             self.problem = f"{self.path}: cut short inside the end marker at byte {offset}"
             return
@@ -439,6 +443,10 @@ class RecordingReader:
         if total != self.count or chunks != self.chunks:
             self.problem = (f"{self.path}: the end marker counts {total} messages in {chunks} "
                             f"chunks, the file holds {self.count} in {self.chunks}")
+            return
+        if stray:
+            self.problem = (f"{self.path}: bytes after the end marker at byte {offset}: "
+                            "something was appended to a closed recording")
             return
         self.complete = True
 

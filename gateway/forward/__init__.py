@@ -86,7 +86,9 @@ def line_head(reading) -> str:
 
 def line_series(reading) -> str:
     """The start of a reading's line head: measurement and tags, then a space."""
-    tags = ",".join(f"{k}={_escape_tag(str(v))}" for k, v in sorted(reading.tags.items()))
+    # keys escaped as values are: parse_line unescapes both (found by fuzz/fuzz_lines.py)
+    tags = ",".join(f"{_escape_tag(k)}={_escape_tag(str(v))}"
+                    for k, v in sorted(reading.tags.items()))
     return f"{_escape_measurement(reading.measurement)},{tags} "
 
 

@@ -300,15 +300,44 @@ class _SqliteErrors:
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc is None or not isinstance(exc, (sqlite3.OperationalError, sqlite3.DatabaseError)):
             return False
-        name = getattr(exc, "sqlite_errorname", "") or ""
-        primary = "_".join(name.split("_")[:2])  # SQLITE_IOERR_WRITE → SQLITE_IOERR
-        advice = _ADVICE.get(primary, "")
-        if not advice and "locked" in str(exc):
-            advice = _ADVICE["SQLITE_BUSY"]
         message = f"cannot {self.doing} the local store {self.path}: {exc}"
+        advice = sqlite_advice(exc, self.path, opening=self.doing == "open")
         if advice:
             message += f" ({advice})"
         raise RetryableStoreError(message) from exc
+
+
+def sqlite_advice(exc: sqlite3.Error, path: Path, opening: bool = True) -> str:
+    """What an operator should do about SQLite fault `exc` on the database file `path`
+    (the local store, the outbox), met while `opening` it or later: "" when there is
+    nothing to say."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    primary = "_".join(name.split("_")[:2])  # SQLITE_IOERR_WRITE → SQLITE_IOERR
+    try:  # a read-only mount fails as CANTOPEN or READONLY; chmod would not help
+        if os.statvfs(_existing_folder(path)).f_flag & os.ST_RDONLY:
+            return (f"the filesystem holding {path.parent} is mounted read-only; "
+                    "use a folder on a writable disk")
+    except OSError:
+        pass
+    leftovers = [p.name for p in (Path(f"{path}-wal"), Path(f"{path}-shm")) if p.exists()
+                 or p.is_symlink()]
+    if opening and leftovers and primary in ("SQLITE_IOERR", "SQLITE_CORRUPT",
+                                             "SQLITE_NOTADB", "SQLITE_CANTOPEN"):
+        # SQLite opens NAME-wal and NAME-shm beside NAME: ones left by an earlier file
+        # (or a folder of that name) break the new one, whatever the disk's health.
+        return (f"{' and '.join(leftovers)} beside it may belong to an earlier file; "
+                f"if {path.name} is new, move them aside, else check the storage device")
+    advice = _ADVICE.get(primary, "")
+    if not advice and "locked" in str(exc):
+        advice = _ADVICE["SQLITE_BUSY"]
+    return advice
+
+
+def _existing_folder(path: Path) -> Path:
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
 
 
 def _measurement_filter(status: bool) -> str:

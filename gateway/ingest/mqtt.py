@@ -71,6 +71,10 @@ class MqttIngest:
         self.out = out
         self.topic = topic
         self.connected = threading.Event()
+        # Set when the broker confirmed the subscription (SUBACK): only then does a frame
+        # published by anyone reach this session.  `connected` alone is set at CONNACK,
+        # which is what acks need (a persistent session's queue arrives before SUBACK).
+        self.subscribed = threading.Event()
         self.connects = 0
         self._stopping = False
         self._client = mqtt.Client(
@@ -85,6 +89,11 @@ class MqttIngest:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
+        self._client.on_log = self._on_log
+        # Why the broker would not take this gateway's TLS certificate, once it said so:
+        # retrying cannot cure that, so the command line stops and tells the operator.
+        self.tls_refused: str | None = None
         if tls is not None:
             _set_tls(self._client, tls, broker_url)
 
@@ -93,7 +102,10 @@ class MqttIngest:
         self._client.loop_start()
 
     def wait_connected(self, timeout_s: float) -> bool:
-        return self.connected.wait(timeout_s)
+        """True once connected and subscribed (within `timeout_s` in all)."""
+        deadline = time.monotonic() + timeout_s
+        return self.connected.wait(timeout_s) and self.subscribed.wait(
+            max(0.0, deadline - time.monotonic()))
 
     def send(self, topic: str, payload: bytes) -> bool:
         """Publish a downlink (QoS 1); False when the broker is not connected."""
@@ -113,6 +125,7 @@ class MqttIngest:
                         reason_code)
             return
         self.connects += 1
+        client.on_log = None  # the certificate was taken; no formatting of log lines per frame
         client.subscribe(self.topic, qos=1)
         self.connected.set()
         log.info("connected to broker %s:%d (session present: %s)", self.host, self.port,
@@ -120,9 +133,23 @@ class MqttIngest:
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self.connected.clear()
+        self.subscribed.clear()
         if self._stopping:
             return
         log.warning("lost broker %s:%d (%s); reconnecting", self.host, self.port, reason_code)
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        if any(rc.is_failure for rc in reason_codes):
+            log.error("broker %s:%d refused the subscription to %s: %s", self.host,
+                      self.port, self.topic, reason_codes)
+            return
+        self.subscribed.set()
+
+    def _on_log(self, client, userdata, level, text: str) -> None:
+        # paho reports a TLS alert from the broker (a client certificate it does not
+        # trust) only as a log line: "failed to receive on socket: [SSL: ...] ...".
+        if level == mqtt.MQTT_LOG_ERR and "SSL" in text and not self.connected.is_set():
+            self.tls_refused = text.partition(": ")[2] or text
 
     def _on_message(self, client, userdata, message) -> None:
         mid, qos, session = message.mid, message.qos, self.connects

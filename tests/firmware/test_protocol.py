@@ -577,3 +577,24 @@ def test_a_prepared_key_gives_the_same_frames_and_verdicts(vector):
         protocol.open_frame(frame, wrong)
     assert err.value.reason == "bad_tag"
     assert key.hex() not in repr(prepared)
+
+
+@pytest.mark.parametrize("vector", VECTORS["encode"], ids=lambda v: v["name"])
+def test_encode_vector(vector):
+    """§2.4: metrics in any order are sorted; a repeated id and a key that is not 32 bytes
+    are refused."""
+    args = dict(vector["fields"])
+    key = bytes.fromhex(vector["key"])
+    if "error" in vector:
+        with pytest.raises(ValueError):
+            protocol.encode(key, **args)
+    else:
+        assert protocol.encode(key, **args).hex() == vector["frame"]
+
+
+@pytest.mark.parametrize("vector", VECTORS["topics"], ids=lambda v: v["topic"])
+def test_topic_vector(vector):
+    """§5.1: an upper-case node id makes a topic not an uplink; the zone level is as sent."""
+    got = protocol.parse_topic_up(vector["topic"])
+    want = vector["up"]
+    assert got == (None if want is None else (want[0], int(want[1], 16)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -88,3 +89,14 @@ def test_duplicate_node_is_refused():
     ring.enrol(5, "noise", "z", "s")
     with pytest.raises(KeyringError, match="already"):
         ring.enrol(5, "noise", "z", "s")
+
+
+def test_a_node_listed_twice_names_the_file_and_the_entry(tmp_path):
+    # Found by fuzz/fuzz_loaders.py keyring: the message named neither.
+    data = (Path(__file__).resolve().parents[1] / "fuzz" / "regressions" / "keyring" /
+            "node-listed-twice.json").read_bytes()
+    path = tmp_path / "k.json"
+    path.write_bytes(data)
+    with pytest.raises(KeyringError, match=r"k\.json: nodes\[\d\]: node 0d0a0002 is listed "
+                                           "twice"):
+        Keyring.load(path)

@@ -653,3 +653,34 @@ def test_the_gateway_stores_frames_over_tls_and_refuses_a_revoked_nodes(broker, 
         sent[c.node_id]
     stored = LocalStore(store_path).count_by(("zone",))
     assert stored == {(a.placement.zone,): 5, (b.placement.zone,): 5}
+
+
+@pytest.mark.services
+def test_a_gateway_certificate_the_broker_refuses_stops_run_with_two_lines(broker, ca, fleet,
+                                                                          tmp_path):
+    # An operator's mistake (issue 13): a client certificate from another CA.  paho would
+    # retry for ever, silently; `dordt gateway run` says what happened and what to do.
+    import subprocess
+    import sys
+
+    other = FleetCA.init(tmp_path / "other-ca")
+    other.issue_gateway(GATEWAY, ["lamp17.local"])
+    keyring = tmp_path / "keyring.json"
+    fleet.keyring().save(keyring)
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text(
+        f'[gateway]\nid = "{GATEWAY}"\ndata_dir = "{tmp_path / "gw"}"\nkeyring = "{keyring}"\n'
+        f'[mqtt]\nurl = "mqtts://{broker.host}:{broker.port}"\n'
+        f'ca_file = "{ca.layout.ca_cert}"\n'
+        f'cert_file = "{other.layout.client_cert(GATEWAY)}"\n'
+        f'key_file = "{other.layout.client_key(GATEWAY)}"\n'
+        f'[store]\nurl = "sqlite:{tmp_path / "store.sqlite"}"\n'
+        '[health]\nlisten = "127.0.0.1:0"\n')
+    r = subprocess.run([sys.executable, "-m", "dordt.cli", "gateway", "run", "--config",
+                        str(cfg), "--duration", "30"], capture_output=True, text=True,
+                       timeout=60)
+    out = r.stdout + r.stderr
+    assert "Traceback" not in out and r.returncode == 1, out
+    err = [x for x in r.stderr.splitlines() if x.startswith("dordt: ")]
+    assert len(err) == 1 and "refused this gateway's TLS certificate" in err[0], out
+    assert "cert_file" in err[0]

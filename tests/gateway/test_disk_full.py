@@ -59,3 +59,32 @@ def test_a_really_full_filesystem_evicts_and_keeps_going(small_fs, tmp_path):
     newest = max(r.time_s for _, r in gw.outbox.peek(100_000))
     assert newest == t - 10  # the newest readings are the ones kept
     gw.stop(0)
+
+
+def test_a_disk_filled_by_something_else_costs_no_buffered_reading(small_fs, tmp_path):
+    # Found by bench/soak.py: another file filled the buffer's disk for a moment while the
+    # store was up; the gateway evicted every buffered reading (13,486 in one soak) trying
+    # to restore a reserve that evicting could never restore.
+    fleet = SimFleet(seed=5, status_every=0)
+    gw = Gateway(fleet.keyring(), LocalStore(tmp_path / "store.sqlite"), small_fs / "gw",
+                 buffer_max_bytes=None, buffer_max_age_s=None,
+                 buffer_reserve_bytes=1024 * 1024, buffer_wal_pages=64)
+    acked = []
+    t = T0
+    for _ in range(20):  # a few hundred readings buffered (the forwarder is not started)
+        gw.process([Envelope("mqtt", topic, f, t, lambda: acked.append(1))
+                    for topic, f in fleet.tick(t)])
+        t += 10
+    with open(small_fs / "other.bin", "wb", buffering=0) as f, pytest.raises(OSError):
+        while True:
+            f.write(bytes(4096))
+    assert gw.outbox.room_bytes() < 1024 * 1024  # the reserve is gone
+    gw.housekeeping()  # and the outbox could not give it back: nothing is evicted
+    for _ in range(5):  # and readings keep coming: the ballast's room takes them
+        gw.process([Envelope("mqtt", topic, f, t, lambda: acked.append(1))
+                    for topic, f in fleet.tick(t)])
+        t += 10
+    assert len(acked) == 25 * 27
+    assert gw.outbox.counters().get("evicted.disk_full", 0) == 0
+    assert gw.outbox.depth() == 25 * 27
+    gw.stop(0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from firmware import metrics, protocol
+from fleet.keyring import Keyring, NodeEntry
 from gateway import verify as verify_module
 from gateway.forward import line_head
 from gateway.model import Envelope, Reading, Rejected
@@ -323,3 +325,27 @@ def test_unusual_replay_windows_move_alike(highest, seen, size):
         _both(pair, env(node.topic, f))
     a, b = (v.windows[node.node_id] for v in pair)
     assert (a.highest, a.seen) == (b.highest, b.seen)
+
+
+_VECTORS = json.loads((Path(__file__).resolve().parents[1] / "vectors" / "frames.json")
+                      .read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("path", ["compiled", "python", "reference"])
+def test_every_bad_vector_is_refused_for_its_reason_by_every_path(path, monkeypatch):
+    """docs/protocol.md §9: the gateway's three decoders give each bad vector's reason
+    (the §2.3 order, 7d before 7c included)."""
+    if path != "compiled":
+        monkeypatch.setattr(verify_module, "_verify_c", None)
+    for v in _VECTORS["bad"]:
+        frame = bytes.fromhex(v["frame"])
+        node = int.from_bytes(frame[4:8], "big") if len(frame) >= 8 else 0x0D0A0001
+        kind = frame[1] if len(frame) > 1 and frame[1] in metrics.KIND_NAMES else 1
+        ring = Keyring()  # the node, with the key the vector is checked with
+        ring.add(NodeEntry(node, metrics.KIND_NAMES[kind], "z", "s",
+                           {frame[3] if len(frame) > 3 else 0: bytes.fromhex(v["key"])}))
+        verifier = Verifier(ring, clock=lambda: 1764331200.5)
+        if path == "reference":
+            verifier._fast = lambda env: None
+        got = verifier.check(env(protocol.topic_up("z", node), frame, 1764331200.5))
+        assert isinstance(got, Rejected) and got.reason == v["reason"], (v["name"], got)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import pytest
 
@@ -118,3 +119,13 @@ def test_a_message_log_is_a_source_like_any_other(tmp_path):
     assert [m.t_ms for m in mixed] == sorted(m.t_ms for m in mixed)
     write_recording(tmp_path / "m.rec", mixed)
     assert read_recording(tmp_path / "m.rec") == mixed
+
+
+def test_an_end_marker_with_bytes_after_it_is_a_problem_not_a_crash():
+    # Found by fuzz/fuzz_recording.py: the reader read a chunk header's worth of bytes,
+    # saw the end marker's magic and unpacked all of them as the 16-byte marker.
+    data = (Path(__file__).resolve().parents[1] / "fuzz" / "regressions" / "recording" /
+            "end-marker-then-more-bytes").read_bytes()
+    reader = RecordingReader(data)
+    list(reader)
+    assert not reader.complete and "end marker" in reader.problem

@@ -488,6 +488,10 @@ def bad_vectors(good):
         signed(hdr(7) + metric_bytes[:-1] + b"\x81"),
         protocol.TRUNCATED,
     )
+    # §2.3: 7d looks at the fifth byte before 7c would look for a sixth, so a fifth byte
+    # with bit 7 set is malformed even when the tag follows it at once.
+    bad("varint_5th_byte_bit7_before_tag", one(b"\xff\xff\xff\xff\x80"), protocol.MALFORMED)
+    bad("varint_5th_byte_0x8f_before_tag", one(b"\x80\x80\x80\x80\x8f"), protocol.MALFORMED)
 
     # Bytes between the last metric and the tag.
     bad("stray_byte", signed(body + b"\x00"), protocol.MALFORMED)
@@ -544,6 +548,123 @@ def replay_vectors():
     return vectors
 
 
+# -- encoder, topic and store-line vectors --------------------------------------------------
+
+
+def encode_vectors(good):
+    """§2.4: what encode() does with metrics out of order (sorts them), a repeated id and
+    a key that is not 32 bytes (refuses: `error` names the exception)."""
+    air = next(v for v in good if v["name"] == "air_typical")
+    fields = dict(air["fields"])
+    shuffled = dict(fields, metrics=list(reversed(fields["metrics"])))
+    repeated = dict(fields, metrics=fields["metrics"] + [fields["metrics"][0]])
+    vectors = [
+        {"name": "metrics_given_unsorted_are_sorted", "key": air["key"], "fields": shuffled,
+         "frame": air["frame"]},
+        {"name": "metric_id_repeated", "key": air["key"], "fields": repeated,
+         "error": "ValueError"},
+        {"name": "key_31_bytes", "key": KEY_AIR[:31].hex(), "fields": fields,
+         "error": "ValueError"},
+        {"name": "key_33_bytes", "key": (KEY_AIR + b"\x00").hex(), "fields": fields,
+         "error": "ValueError"},
+        {"name": "key_empty", "key": "", "fields": fields, "error": "ValueError"},
+    ]
+    for v in vectors:
+        args = dict(v["fields"])
+        try:
+            got = protocol.encode(bytes.fromhex(v["key"]), **args).hex()
+        except ValueError:
+            got = "ValueError"
+        if got != v.get("frame", v.get("error")):
+            raise SystemExit(f"make_vectors: encode vector {v['name']} gives {got}")
+    return vectors
+
+
+# §5.1: (topic, (zone, node id) or None when the topic is not an uplink).  Node ids are
+# exactly 8 lower-case hex digits; the zone level is any non-empty level, as sent.
+TOPICS = [
+    ("dordt/v1/spoorzone/0d0a0001/up", ("spoorzone", NODE_AIR)),
+    ("dordt/v1/Spoorzone/0d0a0001/up", ("Spoorzone", NODE_AIR)),
+    ("dordt/v1/SPOORZONE/0d0a0001/up", ("SPOORZONE", NODE_AIR)),
+    ("dordt/v1/spoorzone/0D0A0001/up", None),
+    ("dordt/v1/spoorzone/0d0A0001/up", None),
+    ("dordt/v1/spoorzone/d0a0001/up", None),
+    ("dordt/v1/spoorzone/00d0a0001/up", None),
+    ("dordt/v1/spoorzone/0x0a0001/up", None),
+    ("dordt/v1//0d0a0001/up", None),
+    ("dordt/v1/spoorzone/0d0a0001/down", None),
+    ("dordt/v1/spoorzone/0d0a0001/UP", None),
+    ("DORDT/v1/spoorzone/0d0a0001/up", None),
+    ("dordt/v2/spoorzone/0d0a0001/up", None),
+    ("dordt/v1/spoorzone/0d0a0001/up/", None),
+    ("/dordt/v1/spoorzone/0d0a0001/up", None),
+    ("dordt/v1/spoor/zone/0d0a0001/up", None),
+]
+
+
+def topic_vectors():
+    vectors = []
+    for topic, want in TOPICS:
+        got = protocol.parse_topic_up(topic)
+        if got != want:
+            raise SystemExit(f"make_vectors: topic {topic!r} gives {got}, expected {want}")
+        vectors.append({"topic": topic, "up": None if want is None else
+                        [want[0], protocol.node_name(want[1])]})
+    return vectors
+
+
+def _escape(text, specials):
+    """§7: a backslash before each of `specials` (the backslash itself first)."""
+    out = text.replace("\\", "\\\\")
+    for ch in specials:
+        out = out.replace(ch, "\\" + ch)
+    return out
+
+
+def _store_line(good_vector, zone, site):
+    """§7, written out independently of gateway/forward: the canonical line (what the
+    provenance digest covers) of a good vector's frame with this keyring zone and site."""
+    f = good_vector["fields"]
+    kind = {AIR: "air", NOISE: "noise", CROWD: "crowd"}[f["kind"]]
+    measurement = "node_status" if f["flags"] & STATUS else kind
+    tags = {"kind": kind, "node": f"{f['node_id']:08x}", "site": site, "zone": zone}
+    tag_text = ",".join(f"{k}={_escape(v, ', =')}" for k, v in sorted(tags.items()))
+    values = {}
+    for metric_id, raw in f["metrics"]:
+        m = metrics.BY_ID[metric_id]
+        values[m.name] = raw / 10 ** -m.exp if m.exp < 0 else float(raw * 10 ** m.exp)
+    field_text = ",".join(f"{k}={v!r}" for k, v in sorted(values.items()))
+    return f"{_escape(measurement, ', ')},{tag_text} {field_text}"
+
+
+STORE_LINES = [  # (name, good vector, zone, site, batch)
+    ("air_typical", "air_typical", "spoorzone", "lamppost-17", 7),
+    ("noise_typical", "noise_typical", "maasterras", "mt-03", 1),
+    ("crowd_typical", "crowd_typical", "spuiboulevard", "sb-12", 123456),
+    ("status_frame", "status_air", "spoorzone", "spz-01", 2),
+    ("site_with_space_comma_equals_backslash", "air_typical", "spoorzone",
+     "lamp post 17,a=b\\c", 9),
+    ("zone_with_space", "air_typical", "spoor zone", "lamppost-17", 9),
+    ("air_range_high", "air_range_high", "spoorzone", "lamppost-17", 1),
+    ("air_range_low", "air_range_low", "spoorzone", "lamppost-17", 1),
+]
+
+
+def store_line_vectors(good):
+    by_name = {v["name"]: v for v in good}
+    vectors = []
+    for name, vector, zone, site, batch in STORE_LINES:
+        if vector not in by_name:
+            raise SystemExit(f"make_vectors: store line {name}: no good vector {vector}")
+        v = by_name[vector]
+        canonical = _store_line(v, zone, site)
+        t = v["fields"]["timestamp"]
+        vectors.append({"name": name, "vector": vector, "zone": zone, "site": site,
+                        "batch": batch, "canonical": f"{canonical} {t}",
+                        "line": f"{canonical},batch={float(batch)!r} {t}"})
+    return vectors
+
+
 # -- file -----------------------------------------------------------------------------------
 
 
@@ -554,13 +675,16 @@ def build():
         "good": good,
         "bad": bad_vectors(good),
         "replay": replay_vectors(),
+        "encode": encode_vectors(good),
+        "topics": topic_vectors(),
+        "store_lines": store_line_vectors(good),
     }
 
 
 def render(doc):
     """JSON with one vector per line, so a change shows as a one-line diff."""
     lines = ["{", f'  "protocol_version": {doc["protocol_version"]},']
-    sections = ("good", "bad", "replay")
+    sections = ("good", "bad", "replay", "encode", "topics", "store_lines")
     for s, section in enumerate(sections):
         lines.append(f'  "{section}": [')
         items = doc[section]
