@@ -45,12 +45,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _not_built(group: str):
-    def handler(args) -> int:
-        raise UserError(f"`dordt {group}` has no commands yet: it is planned, not built", 2)
-    return handler
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
