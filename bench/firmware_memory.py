@@ -74,8 +74,8 @@ from tests.fixtures.micropython import (  # noqa: E402
 
 HEAP_GOAL_BYTES = 48 * 1024
 # Issue 10: a Pico W has ~166 KB of heap, TLS takes ~40 KB of it; the firmware as installed
-# (.mpy files) may take 64 KB.
-HEAP_INSTALLED_GOAL_BYTES = 64 * 1024
+# (.mpy files) may take 64 KB, decimal as the issue's own figures are (78 KB for 78,496 B).
+HEAP_INSTALLED_GOAL_BYTES = 64_000
 FS = 32000
 AUDIO_BLOCK = 1024
 SHORT, LONG = 2, 4  # intervals per node run

@@ -1,11 +1,12 @@
 # The node firmware package (MicroPython, also imported by host code).
 #
 # Start-up-only code lives in modules of its own: the config checks (config_check.py), the
-# noise node's filter design and kernel texts (measure/noise_design.py,
-# measure/noise_kernels.py).  Their users import such a module for the job with
-# use_module() and give it back with drop_module(), so its bytecode, strings and constants
-# do not stay in the node's heap while it runs (bench/firmware_memory.py).  Frozen into the
-# image (manifest.py) they would cost no heap either way.
+# noise node's filter design and start-up, and its kernel texts (measure/noise_design.py,
+# measure/noise_kernels.py); so does safe mode (node_safe.py), which a node in service
+# never runs.  Their users import such a module for the job with use_module() and give it
+# back with drop_module(), so its bytecode, strings and constants do not stay in the
+# node's heap while it runs (bench/firmware_memory.py).  Frozen into the image
+# (manifest.py) they would cost no heap either way.
 #
 # In:  a dotted module name.  Out: the module (use_module), or nothing (drop_module).
 # On failure: ImportError from use_module, as from `import`; drop_module never raises.

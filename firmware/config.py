@@ -7,9 +7,10 @@
 # (node.py prints them and stays in safe mode).  Secrets (the node key, the Wi-Fi password)
 # never appear in messages, repr() or describe().
 #
-# RAM: the parsed document (~1 KB) and the 32-byte key.  The checks themselves live in
-# config_check.py, imported for each load() or parse() and dropped after it
-# (firmware.drop_module), so their code and messages do not stay in the heap.
+# RAM: the parsed document (~1 KB) and the 32-byte key.  The checks themselves, and
+# describe()'s text, live in config_check.py, imported for each load(), parse() or
+# describe() and dropped after it (firmware.drop_module), so their code and messages do
+# not stay in the heap.
 #
 # config.json (JSON object; keys not listed are errors):
 #
@@ -86,39 +87,9 @@ class Config:
         return "Config(node=%s kind=%s zone=%s)" % (self.node, self.kind, self.zone)
 
     def describe(self):
-        """The config for people (serial console, provisioning tool), secrets redacted."""
-        b = self.broker
-        tls = b["tls"]
-        lines = [
-            "node      %s  kind %s  zone %s  site %s" % (self.node, self.kind, self.zone,
-                                                         self.site),
-            "key       id %d in %s (secret, not shown)" % (self.key_id, self.key_file),
-            "broker    %s:%d  client %s  keepalive %d s  buffer %d bytes" % (
-                b["host"], b["port"], b["client_id"], b["keepalive_s"], b["ring_bytes"]),
-        ]
-        if tls is None:
-            lines.append("tls       off (plain MQTT)")
-        else:
-            lines.append("tls       ca %s  cert %s  key %s" % (
-                tls["ca"], tls.get("cert") or "-", tls.get("key") or "-"))
-        if self.wifi is None:
-            lines.append("wifi      not configured")
-        else:
-            secret = "(set, not shown)" if self.wifi.get("password") else "(open network)"
-            lines.append("wifi      ssid %r  password %s" % (self.wifi["ssid"], secret))
-        lines.append("time      ntp %s  re-sync every %d s" % (
-            self.time["ntp_host"] or "off (gateway only)", self.time["sync_s"]))
-        iv = self.intervals
-        lines.append("intervals status every %d frames  counter reserve %d  retry %d..%d s" % (
-            iv["status_every"], iv["counter_reserve"], iv["retry_min_s"], iv["retry_max_s"]))
-        lines.append("sampler   %s" % _inline(self.sampler))
-        if self.board:
-            lines.append("board     %s" % _inline(self.board))
-        return "\n".join(lines)
-
-
-def _inline(d):
-    return ", ".join("%s=%s" % (k, d[k]) for k in sorted(d)) or "(defaults)"
+        """The config for people (serial console, provisioning tool), secrets redacted
+        (config_check.describe: start-up only, so not kept in a node's heap)."""
+        return _checked("describe", self)
 
 
 def load(flash, name=CONFIG_FILE):

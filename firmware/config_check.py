@@ -2,14 +2,16 @@
 # every problem names its key ([broker.port]) and says how to fix it; unknown keys get a
 # "did you mean".  The format is documented at the top of config.py.
 #
+# Also Config.describe(), the config for people, which a node prints once at start-up.
+#
 # In:  hal.Flash, or a parsed document and a file reader.  Out: a config.Config.
 # On failure: config.ConfigError with one line per problem.  Secrets (the node key, the
-# Wi-Fi password) never appear in a message.
+# Wi-Fi password) never appear in a message, nor in describe().
 #
-# RAM: start-up only.  config.load() and config.parse() import this module for one check
-# and drop it again (firmware.drop_module): its code and messages (~6 KB as an .mpy file,
-# bench/firmware_memory.py) need not stay in a node's heap while it runs.  A node in safe
-# mode loads it again at each re-check.
+# RAM: start-up only.  config.load(), config.parse() and Config.describe() import this
+# module for one call and drop it again (firmware.drop_module): its code and messages
+# (~7 KB as an .mpy file, bench/firmware_memory.py) need not stay in a node's heap while
+# it runs.  A node in safe mode loads it again at each re-check.
 
 import binascii
 import json
@@ -136,6 +138,42 @@ def parse(doc, read_file, exists=None):
     if problems:
         raise ConfigError(problems)
     return Config(doc, key)
+
+
+def describe(cfg):
+    """Config.describe(): the config `cfg` for people (serial console, provisioning tool),
+    secrets redacted."""
+    b = cfg.broker
+    tls = b["tls"]
+    lines = [
+        "node      %s  kind %s  zone %s  site %s" % (cfg.node, cfg.kind, cfg.zone, cfg.site),
+        "key       id %d in %s (secret, not shown)" % (cfg.key_id, cfg.key_file),
+        "broker    %s:%d  client %s  keepalive %d s  buffer %d bytes" % (
+            b["host"], b["port"], b["client_id"], b["keepalive_s"], b["ring_bytes"]),
+    ]
+    if tls is None:
+        lines.append("tls       off (plain MQTT)")
+    else:
+        lines.append("tls       ca %s  cert %s  key %s" % (
+            tls["ca"], tls.get("cert") or "-", tls.get("key") or "-"))
+    if cfg.wifi is None:
+        lines.append("wifi      not configured")
+    else:
+        secret = "(set, not shown)" if cfg.wifi.get("password") else "(open network)"
+        lines.append("wifi      ssid %r  password %s" % (cfg.wifi["ssid"], secret))
+    lines.append("time      ntp %s  re-sync every %d s" % (
+        cfg.time["ntp_host"] or "off (gateway only)", cfg.time["sync_s"]))
+    iv = cfg.intervals
+    lines.append("intervals status every %d frames  counter reserve %d  retry %d..%d s" % (
+        iv["status_every"], iv["counter_reserve"], iv["retry_min_s"], iv["retry_max_s"]))
+    lines.append("sampler   %s" % _inline(cfg.sampler))
+    if cfg.board:
+        lines.append("board     %s" % _inline(cfg.board))
+    return "\n".join(lines)
+
+
+def _inline(d):
+    return ", ".join("%s=%s" % (k, d[k]) for k in sorted(d)) or "(defaults)"
 
 
 def _check_broker(broker, node, exists, problems):

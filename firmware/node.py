@@ -10,9 +10,9 @@
 # In:  a hal.Hardware.  Out: frames to the uplink; lines for people on the serial console.
 # On failure:
 # - config missing or invalid, counter unreadable or exhausted, sampler settings invalid:
-#   SAFE MODE.  The node prints why (each problem, naming the key and the fix), keeps
-#   feeding the watchdog, re-reads the config every 30 s and starts when it is valid.  It
-#   sends no frame in safe mode: it opens no uplink and takes no counter.
+#   SAFE MODE (node_safe.py).  The node prints why (each problem, naming the key and the
+#   fix), keeps feeding the watchdog, re-reads the config every 30 s and starts when it is
+#   valid.  It sends no frame in safe mode: it opens no uplink and takes no counter.
 # - a sampler that fails to start (missing sensor module, bus error): error_count + 1,
 #   status frames continue, the sampler is retried every minute.
 # - a sampler that raises in poll(), or returns a value that is not a registry metric of
@@ -26,10 +26,13 @@
 #
 # RAM: this module's state is a few dozen ints; frames are built once per window
 # (one list and one bytes object); gc.collect() runs after every frame and in safe mode.
+# Safe mode's code and messages are in node_safe.py, loaded on entering safe mode and
+# dropped on leaving it (firmware.use_module / drop_module): a node in service never
+# loads them.
 
 import gc
 
-from firmware import config, metrics, protocol
+from firmware import config, metrics, protocol, use_module
 from firmware.counter import CounterError, FrameCounter
 from firmware.uplink.mqtt import MqttUplink
 
@@ -37,12 +40,11 @@ FIRMWARE_VERSION = (0, 1, 0)
 FIRMWARE_VERSION_CODE = FIRMWARE_VERSION[0] * 10000 + FIRMWARE_VERSION[1] * 100 + \
     FIRMWARE_VERSION[2]  # MMmmpp, §8
 
-SAFE_RECHECK_MS = 30000  # safe mode: how often the config is read again
-SAFE_REMIND_MS = 60000  # safe mode: how often the reason is printed again
 SAMPLER_RETRY_MS = 60000
 NTP_RETRY_MS = 60000
 MAX_SLEEP_MS = 1000  # wake at least this often (watchdog, link); less with a short WDT
 _BUSY_LIMIT = 1000  # zero-wait iterations in a row before a 1 ms sleep (no livelock)
+_SAFE = "firmware.node_safe"
 
 # The status frame's metrics (§8), by id: no Metric objects needed for them (RAM).
 _STATUS_IDS = [metrics.id_of(name) for name in (
@@ -92,8 +94,6 @@ class Node:
         self._sampler_retry = 0
         self._ntp_due = 0
         self._ntp_on = False
-        self._safe_check = 0
-        self._safe_remind = 0
         wdt = hw.wdt
         timeout = getattr(wdt, "timeout_ms", None) if wdt is not None else None
         self._max_sleep = MAX_SLEEP_MS
@@ -118,8 +118,7 @@ class Node:
             if max_ms is not None and self.uptime_ms >= max_ms:
                 break
             if self.safe_problems is not None:
-                self._safe_step(now)
-                wait = min(self._max_sleep, clock.ticks_diff(self._safe_check, now))
+                wait = use_module(_SAFE).step(self, now)
             else:
                 wait = self._step(now)
             if max_ms is not None:
@@ -164,7 +163,7 @@ class Node:
         try:
             cfg = config.load(self.hw.flash, self.config_name)
         except config.ConfigError as exc:
-            self._enter_safe(exc.problems, now)
+            self._enter_safe(exc, now)
             return
         self._start(cfg, now)
 
@@ -174,12 +173,8 @@ class Node:
         counter = FrameCounter(hw.flash, cfg.intervals["counter_reserve"])
         try:
             first = counter.boot()
-        except CounterError as exc:
-            self._enter_safe([str(exc)], now)
-            return
-        except OSError as exc:
-            self._enter_safe(["cannot store the frame counter on flash (%s): check the "
-                              "flash file system, then reset" % _describe(exc)], now)
+        except (CounterError, OSError) as exc:
+            self._enter_safe(exc, now)
             return
         self.cfg = cfg
         self.counter = counter
@@ -222,7 +217,7 @@ class Node:
             self.sampler = make(self.hw, cfg.sampler)
         except ValueError as exc:  # the sampler section is wrong: a config problem
             self.sampler = None
-            self._enter_safe([str(exc)], now)
+            self._enter_safe(exc, now)
             return
         except Exception as exc:
             self.sampler = None
@@ -231,42 +226,12 @@ class Node:
             return
         self._window_start = now
 
-    # -- safe mode -------------------------------------------------------------------------
+    # -- safe mode (node_safe.py) ----------------------------------------------------------
 
-    def _enter_safe(self, problems, now):
-        self.stop()
-        self.uplink = None
-        self.counter = None
-        self.cfg = None
-        self.safe_problems = list(problems)
-        print("dordt: SAFE MODE, no frames are sent:")
-        for problem in self.safe_problems:
-            print("  " + problem)
-        print("dordt: waiting for provisioning: write %s and the key file (the config is "
-              "read again every %d s)" % (self.config_name, SAFE_RECHECK_MS // 1000))
-        clock = self.hw.clock
-        self._safe_check = clock.ticks_add(now, SAFE_RECHECK_MS)
-        self._safe_remind = clock.ticks_add(now, SAFE_REMIND_MS)
-        gc.collect()
-
-    def _safe_step(self, now):
-        clock = self.hw.clock
-        if clock.ticks_diff(now, self._safe_check) >= 0:
-            self._safe_check = clock.ticks_add(now, SAFE_RECHECK_MS)
-            try:
-                cfg = config.load(self.hw.flash, self.config_name)
-            except config.ConfigError as exc:
-                if exc.problems != self.safe_problems:
-                    self._enter_safe(exc.problems, now)
-                gc.collect()
-            else:
-                print("dordt: the config is valid now; leaving safe mode")
-                self.safe_problems = None
-                self._start(cfg, now)
-                return
-        if self.safe_problems is not None and clock.ticks_diff(now, self._safe_remind) >= 0:
-            self._safe_remind = clock.ticks_add(now, SAFE_REMIND_MS)
-            print("dordt: safe mode: %s" % self.safe_problems[0])
+    def _enter_safe(self, why, now):
+        """Safe mode, for `why`: a ConfigError, a CounterError, an OSError from the
+        counter's flash file, or a ValueError from the sampler's settings."""
+        use_module(_SAFE).enter(self, why, now)
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -370,7 +335,7 @@ class Node:
         try:
             number = counter.take()
         except CounterError as exc:  # exhausted (§6.3): never send under this id again
-            self._enter_safe([str(exc)], self.hw.clock.ticks_ms())
+            self._enter_safe(exc, self.hw.clock.ticks_ms())
             return False
         except OSError as exc:
             self._error("counter", exc)

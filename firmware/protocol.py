@@ -3,14 +3,16 @@
 # signs with it, the gateway verifies with it, the simulators generate with it.
 #
 # In:  a node key (32 bytes) and the fields of a reading.  Out: frame bytes.  And back.
-# On failure: FrameError with a stable `reason` ("truncated", "oversized", "version",
-# "malformed", "bad_tag") and a message for people; never any other exception for any
-# byte string given to decode().
+# On failure: encode() raises ValueError naming the field; decode() raises FrameError
+# with a stable `reason` ("truncated", "oversized", "version", "malformed", "bad_tag") and
+# a message for people, never any other exception for any byte string given to it.
 #
 # RAM: encode() builds one bytearray per frame (<= MAX_FRAME bytes); no tables.  The
 # receiving side (decode, verify, open_frame, Frame, PreparedKey, ReplayWindow,
-# parse_topic_up) is in protocol_decode.py and is named from here too (__getattr__ below):
-# a node, which only sends, never loads it (~3.5 KB of heap as an .mpy file).
+# parse_topic_up) and what only it uses (FrameError and its reasons, HEADER_LEN,
+# MIN_FRAME, REPLAY_WINDOW, REPLAY, TOO_OLD) are in protocol_decode.py and are named from
+# here too (__getattr__ below): a node, which only sends, never loads it (~4 KB of heap as
+# an .mpy file, and their names: docs/firmware-image.md).
 
 import struct
 
@@ -29,9 +31,7 @@ except ImportError:
     _compare_digest = None
 
 VERSION = 1
-HEADER_LEN = 19  # §2: version .. metric count
 TAG_LEN = 16  # §2: HMAC-SHA256 truncated to 128 bits
-MIN_FRAME = HEADER_LEN + 2 + TAG_LEN  # one metric with a one-byte value
 MAX_FRAME = 200  # §2: fits one BLE 5 extended advertisement with room for AD headers
 MAX_METRICS = 48
 KEY_LEN = 32
@@ -49,26 +49,6 @@ TOPIC_ROOT = "dordt/v1"
 # Header layout, big-endian (§2): version, kind, flags, key id, node id, counter,
 # timestamp, window, metric count.
 _HEADER = ">BBBBIIIHB"
-
-# Reasons a frame can fail, as counted by the gateway.
-TRUNCATED = "truncated"
-OVERSIZED = "oversized"
-BAD_VERSION = "version"
-MALFORMED = "malformed"
-BAD_TAG = "bad_tag"
-
-
-class FrameError(ValueError):
-    """A frame that cannot be accepted.  `reason` is one of the constants above."""
-
-    def __init__(self, reason, message):
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-
-    def __str__(self):
-        return self.message
-
 
 # -- HMAC-SHA256 (RFC 2104), §4 ------------------------------------------------------------
 
@@ -179,13 +159,6 @@ def node_name(node_id):
 
 def topic_up(zone, node_id):
     return "%s/%s/%s/up" % (TOPIC_ROOT, zone, node_name(node_id))
-
-
-# -- counters and replay, §6 ---------------------------------------------------------------
-
-REPLAY_WINDOW = 64  # counters below the highest seen that may still arrive (reordering)
-REPLAY = "replay"  # this counter was already accepted
-TOO_OLD = "too_old"  # older than the window: cannot tell, so refuse
 
 
 # -- the receiving side, protocol_decode.py --------------------------------------------------

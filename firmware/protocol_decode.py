@@ -1,7 +1,8 @@
 # Wire protocol v1, the receiving side: decode a frame, check its tag, keep a node's replay
 # window, parse an uplink topic.  docs/protocol.md is the specification (§ below); the
-# sending side and everything shared (constants, FrameError, the HMAC, encode, topics) is
-# in protocol.py, which also names everything here (protocol.decode, ...).
+# sending side and everything shared (constants, the HMAC, encode, topics) is in
+# protocol.py, which also names everything here (protocol.decode, protocol.FrameError,
+# protocol.REPLAY, ...).
 #
 # In:  frame bytes, a node key.  Out: a Frame, or FrameError with a stable `reason`
 # ("truncated", "oversized", "version", "malformed", "bad_tag") and a message for people;
@@ -20,31 +21,48 @@ from firmware.protocol import (
     _HEADER,
     _IPAD,
     _OPAD,
-    BAD_TAG,
-    BAD_VERSION,
     FLAG_STATUS,
     FLAG_TIME_UNSYNCED,
     FLAGS_KNOWN,
-    HEADER_LEN,
     KEY_LEN,
-    MALFORMED,
     MAX_FRAME,
     MAX_METRICS,
-    MIN_FRAME,
-    OVERSIZED,
-    REPLAY,
-    REPLAY_WINDOW,
     TAG_LEN,
-    TOO_OLD,
     TOPIC_ROOT,
-    TRUNCATED,
     VERSION,
-    FrameError,
     _xor,
     equal_ct,
     hmac_sha256,
     tag_of,
 )
+
+HEADER_LEN = 19  # §2: version .. metric count
+MIN_FRAME = HEADER_LEN + 2 + TAG_LEN  # one metric with a one-byte value
+
+# Reasons a frame can fail, as counted by the gateway.
+TRUNCATED = "truncated"
+OVERSIZED = "oversized"
+BAD_VERSION = "version"
+MALFORMED = "malformed"
+BAD_TAG = "bad_tag"
+
+
+class FrameError(ValueError):
+    """A frame that cannot be accepted.  `reason` is one of the constants above."""
+
+    def __init__(self, reason, message):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+    def __str__(self):
+        return self.message
+
+
+# Counters and replay, §6
+REPLAY_WINDOW = 64  # counters below the highest seen that may still arrive (reordering)
+REPLAY = "replay"  # this counter was already accepted
+TOO_OLD = "too_old"  # older than the window: cannot tell, so refuse
 
 
 class Frame:

@@ -38,16 +38,17 @@
 # MicroPython's Unix port (64-bit objects, an upper bound for the ESP32): 12 KB, of which
 # PCM block 4 KB, level histogram 3.8 KB, compiled kernel ~3 KB; with bands 25 KB (stage
 # buffers 4.7 KB, band state 2.3 KB, three more kernels).  Code that runs only while a
-# sampler is made, the filter design (noise_design.py) and the kernel texts
-# (noise_kernels.py), is imported then and dropped again (firmware.drop_module), so a node keeps
-# only the per-block code of this module: ~13 KB as an .mpy file under MicroPython 1.27's
-# WebAssembly build (bench/firmware_memory.py); frozen into the image, it stays in flash.
+# sampler is made, the filter design with the rest of the start-up (noise_design.py: the
+# config checks, the kernels compiled, the buffers allocated) and the kernel texts
+# (noise_kernels.py), is imported then and dropped again (firmware.drop_module), so a node
+# keeps only the per-block code of this module: ~6 KB as an .mpy file under MicroPython
+# 1.27's WebAssembly build (bench/firmware_memory.py); frozen into the image, it stays in
+# flash.
 
 import math
 from array import array
 
 from firmware import drop_module, use_module
-from firmware.metrics import BAND_CENTRES_HZ
 
 try:
     from micropython import const
@@ -83,14 +84,16 @@ DEFAULTS = {
 }
 
 # Start-up-only code lives in modules of its own, imported while a NoiseSampler is made and
-# dropped again (firmware/__init__.py): the filter design and the kernel texts.
+# dropped again (firmware/__init__.py): the filter design with the rest of the sampler's
+# start-up (noise_design.setup), and the kernel texts.
 _DESIGN = "firmware.measure.noise_design"
 _KERNELS = "firmware.measure.noise_kernels"
 
 
 def __getattr__(name):
     """The start-up-only names, for host code and tests that use them from here
-    (noise.a_weighting_design, noise.KERNEL_SOURCES, ...): loaded at each use."""
+    (noise.a_weighting_design, noise.compile_kernel, noise.KERNEL_SOURCES, ...): loaded at
+    each use."""
     if name.startswith("__"):
         raise AttributeError(name)
     module = use_module(_KERNELS if name == "KERNEL_SOURCES" else _DESIGN)
@@ -126,43 +129,9 @@ _A_XMAX = const(43)
 _A_XMIN = const(44)
 
 
-
-def reference_source(src):
-    """The bytecode (reference) version of a viper kernel text: the same statements with
-    the decorator and viper's `int(...)` casts removed; ptr8/ptr32 become identities."""
-    return src.replace("@micropython.viper\n", "").replace("int(", "(")
-
-
-def _identity(buf):
+def identity(buf):
+    """ptr8 and ptr32 of the reference kernels (noise_design.compile_kernel)."""
     return buf
-
-
-def compile_kernel(name, viper):
-    """The kernel `name` (a key of KERNEL_SOURCES), natively compiled when `viper` (raises
-    SyntaxError/ValueError where the port has no native emitter), else as bytecode."""
-    src = use_module(_KERNELS).KERNEL_SOURCES[name]
-    drop_module(_KERNELS)  # the text is garbage once compiled
-    ns = {}
-    if viper:
-        import micropython  # the compiler resolves the decorator by this name
-
-        ns["micropython"] = micropython
-    else:
-        src = reference_source(src)
-        ns["ptr8"] = _identity
-        ns["ptr32"] = _identity
-    exec(src, ns)
-    return ns[name]
-
-
-def _pcm_layout(bits):
-    """Header words 1..5 (bytes per sample, MSB/middle/low byte offsets, low-byte mask):
-    both formats are read as 24-bit values, 16-bit samples shifted up by 8 bits."""
-    if bits == 32:
-        return 4, 3, 2, 1, 0xFF
-    if bits == 16:
-        return 2, 1, 0, 0, 0
-    raise ValueError("bits must be 16 or 32, got %r" % (bits,))
 
 
 # -- software floats for the running sums (small ints only) -------------------------------
@@ -227,20 +196,14 @@ def _mulq15(m, q):
     return (m >> 15) * q + (((m & 32767) * q) >> 15)
 
 
-_LOG_TAB = None  # 10 log10(1 + (t + 0.5)/256) in 0.01 dB, t = 0..255 (built on first use)
 _HIST_BINS = const(1900)  # 0.1 dB bins of the FAST level, 0 .. 190 dB re 1 LSB^2
 _SEC_FLOAT_SLOTS = const(12)  # second, interval, fast, fast max, silence threshold, seed
 _SEED_SHIFT = const(5)
 _SEED_SB = const(32)  # 2**_SEED_SHIFT sub-blocks
 
-
-def _log_table():
-    global _LOG_TAB
-    if _LOG_TAB is None:
-        _LOG_TAB = array(
-            "H", [int(round(1000.0 * math.log10(1.0 + (t + 0.5) / 256.0))) for t in range(256)]
-        )
-    return _LOG_TAB
+# The constants noise_design.setup() builds a sampler's arrays with, in its order (const()
+# names are the compiler's only: another module cannot read them).
+LAYOUT = (_BIAS, _A_WORDS, _SEC_FLOAT_SLOTS, _HIST_BINS, _SEED_SB, _M_TOP, _M_LOW)
 
 
 def _bins_of(a, i, tab):
@@ -286,128 +249,54 @@ class NoiseSampler:
 
     KIND = KIND
 
-    def __init__(self, hw, config=None):
-        cfg = dict(DEFAULTS)
-        if config:
-            for key in config:
-                if key not in DEFAULTS:
-                    raise ValueError(
-                        "unknown noise option %r; known: %s" % (key, ", ".join(sorted(DEFAULTS)))
-                    )
-                cfg[key] = config[key]
-        self.config = cfg
-        fs = int(cfg["sample_rate"])
-        if fs < 32000 or fs > 96000:
-            raise ValueError(
-                "sample_rate must be 32000..96000 Hz (A-weighting up to 8 kHz needs >= 32 kHz),"
-                " got %r" % (cfg["sample_rate"],)
-            )
-        interval_s = int(cfg["interval_s"])
-        if interval_s < 1 or interval_s > 3600:
-            raise ValueError("interval_s must be 1..3600, got %r" % (cfg["interval_s"],))
-        self._i2s = hw.i2s
-        self.sample_rate = fs
-        self.interval_s = interval_s
-        bps, o2, o1, o0, m0 = _pcm_layout(int(cfg["bits"]))
-        self._bps = bps
-        # sub-block: the time-weighting step, 4 ms (IEC 61672-1 5.8 exponential averaging is
-        # exact for a mean square that is constant within a step)
-        nsb = (fs + 125) // 250
-        self._nsb = nsb
-        block = int(cfg["block_samples"]) or 8 * nsb
-        if block < 1 or block > 16384:
-            raise ValueError("block_samples must be 1..16384, got %r" % (cfg["block_samples"],))
-        self.block_samples = block
-        self._buf = bytearray(block * bps)
-        self._max_blocks = max(1, int(cfg["max_blocks_per_poll"]))
-        self._sb_per_sec = (fs + nsb // 2) // nsb
-        self._sb_per_pct = max(1, (fs // 10 + nsb // 2) // nsb)  # 100 ms
-        self._settle_sb = 16 + _SEED_SB  # 192 ms at start-up, see _close_subblock
+    # The state noise_design.setup() gives a sampler at start-up, declared here for readers
+    # and the type checker (MicroPython compiles a bare annotation to nothing: no heap).
+    config: dict
+    sample_rate: int
+    interval_s: int
+    block_samples: int
+    kernel_kind: str  # "viper" or "reference"
+    a_design: dict
+    _bps: int
+    _nsb: int  # samples per sub-block (4 ms)
+    _buf: bytearray  # the PCM block
+    _max_blocks: int
+    _sb_per_sec: int
+    _sb_per_pct: int
+    _settle_sb: int
+    _cal_a: float
+    _st: array  # the A kernel's state words (layout above)
+    _bands: int
+    _bst: array
+    _band_at: array
+    _band_stage: array
+    _lpf_at: array
+    _band_names: list
+    _band_cal: list
+    _stages: list
+    _stage_bands: list
+    _f: array
+    _hist: array
+    _tab: array
+    _q0: int
+    _q1: int
+    _t_start: "int | None"
+    _t_close: int
+    _settle: int
+    _backlog: bool
+    _sb_fill: int
 
-        # calibration (docs/noise.md): 0 dBFS = RMS of a full-scale sine = 2**23 / sqrt(2)
-        base = 94.0 - float(cfg["sensitivity_dbfs"]) + float(cfg["calibration_offset_db"])
-        base -= 10.0 * math.log10(2.0**45)
+    def __init__(self, hw, config=None):
+        self._i2s = hw.i2s
+        # the config checked, the filters designed, the kernels compiled and every buffer
+        # allocated: start-up only, so in noise_design.py (see RAM in the header)
         designer = use_module(_DESIGN)
         try:
-            design = designer.a_weighting_design(fs)
-            band_bank = designer.band_design(fs) if cfg["bands"] else None
+            kernels = designer.setup(self, config)
         finally:
             drop_module(_DESIGN)
-        self.a_design = design
-        # the A kernel works on samples scaled by 2**3
-        self._cal_a = base - 20.0 * math.log10(design["gain_1k"] * 8.0)
-
-        words = [0, bps, o2, o1, o0, m0]
-        for m, r1, r2 in design["eps"]:
-            words.extend((m, r1, r2))
-        for m, r1, r2 in design["lp"]:
-            words.extend((m, r1, r2))
-        words.extend([0] * (_A_WORDS - len(words)))
-        self._st = array("i", [w + _BIAS for w in words])
-        self._reset_subblock_words()
-
-        kernel = None
-        self.kernel_kind = "reference"
-        if cfg["viper"]:
-            # ports without a native emitter (the WebAssembly build in tests) refuse the
-            # decorator at compile time: SyntaxError "invalid micropython decorator"
-            try:
-                kernel = compile_kernel("a_weight", True)
-                self.kernel_kind = "viper"
-            except (SyntaxError, ValueError, ImportError, NotImplementedError):
-                kernel = None
-        if kernel is None:
-            kernel = compile_kernel("a_weight", False)
-        self._kernel = kernel
-
-        self._bands = 0
-        if band_bank is not None:  # config "bands"
-            bwords, bands, lpf_at = band_bank
-            for i in range(1, 6):
-                bwords[i] = words[i]
-            self._bst = array("i", [w + _BIAS for w in bwords])
-            self._band_at = array("H", [at for _i, _s, _g, at in bands])
-            self._band_stage = array("B", [stage for _i, stage, _g, _at in bands])
-            self._lpf_at = array("H", lpf_at)
-            self._band_names = ["band_" + BAND_CENTRES_HZ[i] + "hz_db" for i, _s, _g, _a in bands]
-            self._band_cal = [base - 20.0 * math.log10(g) for _i, _s, g, _a in bands]
-            self._bands = len(bands)
-            self._stages = [array("i", [_BIAS] * (nsb + 3)) for _s in range(len(lpf_at) + 1)]
-            # per stage: the first word of each band it runs
-            self._stage_bands = [
-                array("H", [at for _i, st_, _g, at in bands if st_ == s])
-                for s in range(len(lpf_at) + 1)
-            ]
-            native = self.kernel_kind == "viper"
-            self._k_decode = compile_kernel("pcm_decode", native)
-            self._k_band = compile_kernel("band_pass", native)
-            self._k_half = compile_kernel("half_band", native)
-
-        self._f = array("i", [0] * (_SEC_FLOAT_SLOTS + 2 * self._bands))
-        self._hist = array("H", [0] * _HIST_BINS)
-        self._tab = _log_table()
-        # FAST time weighting per sub-block: F = a F + (1 - a) E, a = exp(-T / 0.125 s)
-        alpha = math.exp(-(nsb / fs) / 0.125)
-        self._q0 = int(round(alpha * 32768))
-        self._q1 = 32768 - self._q0
-        # silence threshold: the energy of one second at silence_floor_db
-        thr = nsb * self._sb_per_sec * 10 ** ((float(cfg["silence_floor_db"]) - self._cal_a) / 10)
-        xe = 0
-        while thr >= _M_TOP:
-            thr /= 2.0
-            xe += 1
-        while 0.0 < thr < _M_LOW:
-            thr *= 2.0
-            xe -= 1
-        self._f[8] = int(thr)
-        self._f[9] = xe
-
-        self._t_start = None
-        self._t_close = 0
-        self._settle = self._settle_sb
-        self._backlog = False
-        self._sb_fill = 0
-        self._reset_interval()
+        # (A-weighting, and with bands: PCM decode, band-pass, half-band decimation)
+        self._kernel, self._k_decode, self._k_band, self._k_half = kernels
 
     # -- lifecycle -----------------------------------------------------------------------
 

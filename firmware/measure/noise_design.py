@@ -1,18 +1,25 @@
 # Filter design of the noise node (firmware/measure/noise.py): the digital A-weighting
 # (IEC 61672-1 class 2) and the decimating 1/3-octave band bank (IEC 61260-1 class 2), as
-# the fixed-point coefficient words its kernels run on.
+# the fixed-point coefficient words its kernels run on; and the rest of a NoiseSampler's
+# start-up (setup: its config checked, its kernels compiled from their texts, its buffers
+# allocated).
 #
 # In:  a sample rate.  Out: coefficient words and gains (a_weighting_design, band_design);
 #      the analog and realised responses, for checks (a_weighting_db,
-#      a_weighting_response_db).
-# On failure: ValueError when a coefficient does not fit the kernels' fixed-point range.
+#      a_weighting_response_db).  setup(): a NoiseSampler, its config and the hardware.
+# On failure: ValueError when a coefficient does not fit the kernels' fixed-point range,
+#      or (setup) naming the config option that is wrong.
 #
 # RAM: start-up only.  NoiseSampler imports this module while it is constructed and drops
 # it again (firmware.drop_module), so its bytecode and float constants do not stay in a
-# node's heap (~5 KB as an .mpy file, bench/firmware_memory.py).  Host code and tests may
+# node's heap (~7 KB as an .mpy file, bench/firmware_memory.py).  Host code and tests may
 # also reach these functions as attributes of noise.py.
 
 import math
+from array import array
+
+from firmware import drop_module, use_module
+from firmware.metrics import BAND_CENTRES_HZ
 
 try:
     from micropython import const
@@ -24,6 +31,7 @@ except ImportError:
 
 _SPLIT = const(14)  # split multiplies take the state as (v >> 14, v & 16383)
 _HDR = const(7)  # header words of the band state array (noise_kernels.py)
+_KERNELS = "firmware.measure.noise_kernels"
 
 # IEC 61672-1:2013 Annex E (E.1-E.7): the pole frequencies of the A-weighting.
 _FR = 1000.0
@@ -306,3 +314,179 @@ def band_design(fs):
             words.extend((gcomp, 0))
     bands.sort()
     return words, bands, lpf_at
+
+
+# -- the sampler's start-up (NoiseSampler.__init__) ----------------------------------------
+
+
+def setup(sampler, config):
+    """NoiseSampler.__init__: check `config` (noise.DEFAULTS, ValueError naming the option),
+    design the filters and allocate every buffer of `sampler`.  Returns its kernels, compiled:
+    (A-weighting, PCM decode, band-pass, half-band), the last three None without bands."""
+    from firmware.measure import noise
+
+    bias, a_words, sec_float_slots, hist_bins, seed_sb, m_top, m_low = noise.LAYOUT
+    cfg = dict(noise.DEFAULTS)
+    if config:
+        for key in config:
+            if key not in noise.DEFAULTS:
+                raise ValueError(
+                    "unknown noise option %r; known: %s" % (key, ", ".join(sorted(noise.DEFAULTS)))
+                )
+            cfg[key] = config[key]
+    sampler.config = cfg
+    fs = int(cfg["sample_rate"])
+    if fs < 32000 or fs > 96000:
+        raise ValueError(
+            "sample_rate must be 32000..96000 Hz (A-weighting up to 8 kHz needs >= 32 kHz),"
+            " got %r" % (cfg["sample_rate"],)
+        )
+    interval_s = int(cfg["interval_s"])
+    if interval_s < 1 or interval_s > 3600:
+        raise ValueError("interval_s must be 1..3600, got %r" % (cfg["interval_s"],))
+    sampler.sample_rate = fs
+    sampler.interval_s = interval_s
+    bps, o2, o1, o0, m0 = _pcm_layout(int(cfg["bits"]))
+    sampler._bps = bps
+    # sub-block: the time-weighting step, 4 ms (IEC 61672-1 5.8 exponential averaging is
+    # exact for a mean square that is constant within a step)
+    nsb = (fs + 125) // 250
+    sampler._nsb = nsb
+    block = int(cfg["block_samples"]) or 8 * nsb
+    if block < 1 or block > 16384:
+        raise ValueError("block_samples must be 1..16384, got %r" % (cfg["block_samples"],))
+    sampler.block_samples = block
+    sampler._buf = bytearray(block * bps)
+    sampler._max_blocks = max(1, int(cfg["max_blocks_per_poll"]))
+    sampler._sb_per_sec = (fs + nsb // 2) // nsb
+    sampler._sb_per_pct = max(1, (fs // 10 + nsb // 2) // nsb)  # 100 ms
+    sampler._settle_sb = 16 + seed_sb  # 192 ms at start-up, see _close_subblock
+
+    # calibration (docs/noise.md): 0 dBFS = RMS of a full-scale sine = 2**23 / sqrt(2)
+    base = 94.0 - float(cfg["sensitivity_dbfs"]) + float(cfg["calibration_offset_db"])
+    base -= 10.0 * math.log10(2.0**45)
+    design = a_weighting_design(fs)
+    band_bank = band_design(fs) if cfg["bands"] else None
+    sampler.a_design = design
+    # the A kernel works on samples scaled by 2**3
+    sampler._cal_a = base - 20.0 * math.log10(design["gain_1k"] * 8.0)
+
+    words = [0, bps, o2, o1, o0, m0]
+    for m, r1, r2 in design["eps"]:
+        words.extend((m, r1, r2))
+    for m, r1, r2 in design["lp"]:
+        words.extend((m, r1, r2))
+    words.extend([0] * (a_words - len(words)))
+    sampler._st = array("i", [w + bias for w in words])
+    sampler._reset_subblock_words()
+
+    kernel = None
+    sampler.kernel_kind = "reference"
+    if cfg["viper"]:
+        # ports without a native emitter (the WebAssembly build in tests) refuse the
+        # decorator at compile time: SyntaxError "invalid micropython decorator"
+        try:
+            kernel = compile_kernel("a_weight", True)
+            sampler.kernel_kind = "viper"
+        except (SyntaxError, ValueError, ImportError, NotImplementedError):
+            kernel = None
+    if kernel is None:
+        kernel = compile_kernel("a_weight", False)
+
+    sampler._bands = 0
+    if band_bank is not None:  # config "bands"
+        bwords, bands, lpf_at = band_bank
+        for i in range(1, 6):
+            bwords[i] = words[i]
+        sampler._bst = array("i", [w + bias for w in bwords])
+        sampler._band_at = array("H", [at for _i, _s, _g, at in bands])
+        sampler._band_stage = array("B", [stage for _i, stage, _g, _at in bands])
+        sampler._lpf_at = array("H", lpf_at)
+        sampler._band_names = ["band_" + BAND_CENTRES_HZ[i] + "hz_db" for i, _s, _g, _a in bands]
+        sampler._band_cal = [base - 20.0 * math.log10(g) for _i, _s, g, _a in bands]
+        sampler._bands = len(bands)
+        sampler._stages = [array("i", [bias] * (nsb + 3)) for _s in range(len(lpf_at) + 1)]
+        # per stage: the first word of each band it runs
+        sampler._stage_bands = [
+            array("H", [at for _i, st_, _g, at in bands if st_ == s])
+            for s in range(len(lpf_at) + 1)
+        ]
+        native = sampler.kernel_kind == "viper"
+        kernels = (kernel, compile_kernel("pcm_decode", native),
+                   compile_kernel("band_pass", native), compile_kernel("half_band", native))
+    else:
+        kernels = (kernel, None, None, None)
+
+    sampler._f = f = array("i", [0] * (sec_float_slots + 2 * sampler._bands))
+    sampler._hist = array("H", [0] * hist_bins)
+    sampler._tab = log_table()
+    # FAST time weighting per sub-block: F = a F + (1 - a) E, a = exp(-T / 0.125 s)
+    alpha = math.exp(-(nsb / fs) / 0.125)
+    sampler._q0 = int(round(alpha * 32768))
+    sampler._q1 = 32768 - sampler._q0
+    # silence threshold: the energy of one second at silence_floor_db
+    thr = nsb * sampler._sb_per_sec * 10 ** (
+        (float(cfg["silence_floor_db"]) - sampler._cal_a) / 10)
+    xe = 0
+    while thr >= m_top:
+        thr /= 2.0
+        xe += 1
+    while 0.0 < thr < m_low:
+        thr *= 2.0
+        xe -= 1
+    f[8] = int(thr)
+    f[9] = xe
+
+    sampler._t_start = None
+    sampler._t_close = 0
+    sampler._settle = sampler._settle_sb
+    sampler._backlog = False
+    sampler._sb_fill = 0
+    sampler._reset_interval()
+    return kernels
+
+
+def reference_source(src):
+    """The bytecode (reference) version of a viper kernel text: the same statements with
+    the decorator and viper's `int(...)` casts removed; ptr8/ptr32 become identities."""
+    return src.replace("@micropython.viper\n", "").replace("int(", "(")
+
+
+def compile_kernel(name, viper):
+    """The kernel `name` (a key of KERNEL_SOURCES), natively compiled when `viper` (raises
+    SyntaxError/ValueError where the port has no native emitter), else as bytecode."""
+    src = use_module(_KERNELS).KERNEL_SOURCES[name]
+    drop_module(_KERNELS)  # the text is garbage once compiled
+    ns = {}
+    if viper:
+        import micropython  # the compiler resolves the decorator by this name
+
+        ns["micropython"] = micropython
+    else:
+        src = reference_source(src)
+        # noise.py's function: one of this module, dropped after start-up, would keep the
+        # whole module in the heap for as long as the kernel lives
+        from firmware.measure.noise import identity
+
+        ns["ptr8"] = identity
+        ns["ptr32"] = identity
+    exec(src, ns)
+    return ns[name]
+
+
+def _pcm_layout(bits):
+    """Header words 1..5 (bytes per sample, MSB/middle/low byte offsets, low-byte mask):
+    both formats are read as 24-bit values, 16-bit samples shifted up by 8 bits."""
+    if bits == 32:
+        return 4, 3, 2, 1, 0xFF
+    if bits == 16:
+        return 2, 1, 0, 0, 0
+    raise ValueError("bits must be 16 or 32, got %r" % (bits,))
+
+
+def log_table():
+    """10 log10(1 + (t + 0.5)/256) in 0.01 dB, t = 0..255: the mantissa part of the FAST
+    level's histogram bin (noise._bins_of)."""
+    return array(
+        "H", [int(round(1000.0 * math.log10(1.0 + (t + 0.5) / 256.0))) for t in range(256)]
+    )
