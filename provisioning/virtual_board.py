@@ -836,7 +836,7 @@ class VirtualBoard:
         self.flash_dir = Path(flash_dir).resolve()
         self.profile = profile
         self.board = boards[profile]
-        self.link = Path(link) if link else None
+        self.link = Path(link).absolute() if link else None  # records name it from anywhere
         if flash_bytes is None:
             vfs = [p for p in self.board.partitions if p["name"] == "vfs"]
             flash_bytes = vfs[0]["size"] if vfs else self.board.flash_size_mb << 20
@@ -877,8 +877,12 @@ class VirtualBoard:
         self._node_bin = _check_node()
         self.flash_dir.mkdir(parents=True, exist_ok=True)
         self._rom_dir = Path(tempfile.mkdtemp(prefix="dordt-vboard-rom-"))
-        write_rom(self._rom_dir, self.profile, self.unique_id, self.pm_sensor, self.bme680)
-        self.plug()
+        try:
+            write_rom(self._rom_dir, self.profile, self.unique_id, self.pm_sensor, self.bme680)
+            self.plug()
+        except BaseException:
+            self.stop()  # a board that did not start leaves no ROM folder behind
+            raise
         return self
 
     def plug(self) -> None:
