@@ -90,11 +90,13 @@ class InstallReport:
 # boot.py has put the active slot on sys.path); a board without our firmware has none.
 _FORGET_FIRMWARE = """
 import sys
-for _m in [m for m in sys.modules if m == "firmware" or m.startswith("firmware.")]:
-    del sys.modules[_m]
+def _forget():
+    for m in [m for m in sys.modules if m == "firmware" or m.startswith("firmware.")]:
+        del sys.modules[m]
+_forget()
 """
-_STATE = """
-import json, sys
+_STATE = _FORGET_FIRMWARE + """
+import json
 try:
     from firmware import slots
 except Exception:
@@ -107,8 +109,7 @@ for s in ("a", "b") if slots is None else ():
         break
     except Exception:
         sys.path.remove("/fw/" + s)
-        for m in [m for m in sys.modules if m == "firmware" or m.startswith("firmware.")]:
-            del sys.modules[m]
+        _forget()
 if slots is None:
     print(json.dumps(None))
 else:
