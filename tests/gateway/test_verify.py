@@ -349,3 +349,30 @@ def test_every_bad_vector_is_refused_for_its_reason_by_every_path(path, monkeypa
             verifier._fast = lambda env: None
         got = verifier.check(env(protocol.topic_up("z", node), frame, 1764331200.5))
         assert isinstance(got, Rejected) and got.reason == v["reason"], (v["name"], got)
+
+
+def test_a_rotated_key_continues_the_nodes_counter_and_exhaustion_needs_a_new_node_id():
+    """docs/protocol.md §4 and §6.3: the counter and the replay window belong to the node,
+    not to a key.  Under a new key id the node goes on counting; a counter used under the
+    old key is still a replay.  After 0xffffffff nothing more is accepted from that node id;
+    the node is re-enrolled under a new one."""
+    k0, k1, k2 = bytes(range(32)), bytes(range(1, 33)), bytes(range(2, 34))
+    node, renewed = 0x00010011, 0x00010021
+    ring = Keyring([NodeEntry(node, "air", "spoorzone", "spz-01", {0: k0, 1: k1}),
+                    NodeEntry(renewed, "air", "spoorzone", "spz-02", {0: k2})])
+    v = Verifier(ring, clock=lambda: NOW + 0.5)
+    status = [(metrics.BY_NAME["uptime_s"].id, 1)]
+
+    def frame(key, key_id, counter, node_id=node):
+        return env(protocol.topic_up("spoorzone", node_id),
+                   protocol.encode(key, 1, node_id, counter, NOW, 0, status, key_id,
+                                   protocol.FLAG_STATUS))
+
+    assert isinstance(v.check(frame(k0, 0, 100)), Reading)
+    assert reason(v.check(frame(k1, 1, 100))) == "replay"  # the new key is no fresh start
+    assert reason(v.check(frame(k1, 1, 0))) == "too_old"
+    assert isinstance(v.check(frame(k1, 1, 101)), Reading)
+    assert reason(v.check(frame(k0, 1, 102))) == "bad_tag"  # key id 1 means key 1
+    assert isinstance(v.check(frame(k1, 1, 0xFFFFFFFF)), Reading)
+    assert reason(v.check(frame(k1, 1, 0xFFFFFFFF))) == "replay"  # nothing after the last
+    assert isinstance(v.check(frame(k2, 0, 0, renewed)), Reading)  # re-enrolled: a new id
