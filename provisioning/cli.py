@@ -43,8 +43,10 @@ def register(groups) -> None:
 
     p = sub.add_parser("install", help="install the node firmware (verified, atomic switch)")
     _board_args(p)
-    p.add_argument("--force", action="store_true",
-                   help="send every file again even when the board holds this build")
+    p.add_argument("--force", dest="reinstall", action="store_true",
+                   help="stage, check and switch to a fresh copy in the other slot even when "
+                   "the board holds this build (files still good on the board are copied "
+                   "there, not sent)")
     p.set_defaults(handler=command_install)
 
     p = sub.add_parser("enrol", help="make the node's key and config; seal the key into the "
@@ -206,7 +208,8 @@ def do_install(link, info, args, out=None):
             bar.update(task, completed=done, total=max(total, 1), description=path)
 
         try:
-            return install(link, build, progress, force=getattr(args, "force", False))
+            # `run --force` is about enrolment; only `install --force` re-sends every file
+            return install(link, build, progress, force=getattr(args, "reinstall", False))
         except InstallError as exc:
             raise UserError(str(exc), exc.exit_code) from None
 
