@@ -46,6 +46,9 @@ def register(groups) -> None:
     revoke.add_argument("--node", required=True)
     revoke.set_defaults(handler=command_revoke)
     _register_ca(sub)
+    from fleet import cli_health  # dordt fleet health
+
+    cli_health.register(sub)
 
 
 def _register_ca(sub) -> None:

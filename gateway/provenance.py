@@ -347,15 +347,22 @@ def verify_batches(points: Iterable[StoredReading], public_key: Ed25519PublicKey
 _MEASUREMENTS = ("node_status", MEASUREMENT, "air", "noise", "crowd")
 
 
-def read_local(path: str | Path, start_s: int, end_s: int) -> list[StoredReading]:
-    """Every point of a LocalStore file in [start_s, end_s]."""
+def read_local(path: str | Path, start_s: int, end_s: int,
+               measurements: tuple[str, ...] | None = None) -> list[StoredReading]:
+    """Every point of a LocalStore file in [start_s, end_s], or only those of
+    `measurements` (fleet health reads its few).  A gateway's point (gateway_health) has
+    its gateway id as "node", as LocalStore.write_lines keys it."""
     import sqlite3
 
+    sql = ("SELECT measurement, node, time_s, field, value, zone, site, kind FROM points"
+           " WHERE time_s BETWEEN ? AND ?")
+    params: list[object] = [start_s, end_s]
+    if measurements is not None:
+        sql += f" AND measurement IN ({', '.join('?' * len(measurements))})"
+        params += measurements
     db = sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True)
     try:
-        rows = db.execute(
-            "SELECT measurement, node, time_s, field, value, zone, site, kind FROM points"
-            " WHERE time_s BETWEEN ? AND ?", (start_s, end_s)).fetchall()
+        rows = db.execute(sql, params).fetchall()
     finally:
         db.close()
     grouped: dict[tuple, StoredReading] = {}
@@ -372,24 +379,28 @@ def read_local(path: str | Path, start_s: int, end_s: int) -> list[StoredReading
     return list(grouped.values())
 
 
-def read_victoriametrics(url: str, start_s: int, end_s: int,
-                         timeout_s: float = 30) -> list[StoredReading]:
-    """Every dordt point in [start_s, end_s] through VictoriaMetrics' /api/v1/export."""
+def read_victoriametrics(url: str, start_s: int, end_s: int, timeout_s: float = 30,
+                         measurements: tuple[str, ...] = _MEASUREMENTS) -> list[StoredReading]:
+    """Every dordt point in [start_s, end_s] through VictoriaMetrics' /api/v1/export, or
+    only those of `measurements`."""
     import urllib.parse
     import urllib.request
 
-    match = '{__name__=~"(' + "|".join(_MEASUREMENTS) + ')_.*"}'
+    match = '{__name__=~"(' + "|".join(measurements) + ')_.*"}'
     query = urllib.parse.urlencode({"match[]": match, "start": start_s, "end": end_s})
     with urllib.request.urlopen(f"{url.rstrip('/')}/api/v1/export?{query}",
                                 timeout=timeout_s) as resp:
         body = resp.read()
-    return parse_victoriametrics_export(body)
+    return parse_victoriametrics_export(body, measurements)
 
 
-def parse_victoriametrics_export(body: bytes | str) -> list[StoredReading]:
+def parse_victoriametrics_export(body: bytes | str, measurements: tuple[str, ...] = _MEASUREMENTS
+                                 ) -> list[StoredReading]:
     """The points of a VictoriaMetrics /api/v1/export answer (one JSON series a line:
-    {"metric": {labels}, "values": [...], "timestamps": [ms, ...]}), grouped into
-    readings.  Raises ValueError naming the line for anything else."""
+    {"metric": {labels}, "values": [...], "timestamps": [ms, ...]}) of `measurements`,
+    grouped into readings.  Raises ValueError naming the line for anything else."""
+    # the longest name first: "gateway_health_x" is gateway_health's, not a "gateway"'s
+    measurements = tuple(sorted(measurements, key=len, reverse=True))
     if isinstance(body, bytes):
         try:
             body = body.decode()
@@ -404,7 +415,7 @@ def parse_victoriametrics_export(body: bytes | str) -> list[StoredReading]:
             labels = {str(k): str(v) for k, v in dict(series["metric"]).items()}
             name = labels.pop("__name__")
             labels.pop("db", None)
-            measurement = next((m for m in _MEASUREMENTS if name.startswith(m + "_")), None)
+            measurement = next((m for m in measurements if name.startswith(m + "_")), None)
             if measurement is None:
                 continue  # not a dordt series: the match[] filter let it through
             field_name = name[len(measurement) + 1:]

@@ -167,21 +167,12 @@ def test_a_capture_from_the_broker_passes_the_traffic_audit(day, capsys):
 
 
 def test_the_report_renders_in_headless_chromium_with_every_result(day_report, tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
+    from tests.fixtures.browser import chromium_driver, console_errors
+
     page = day_report[2]
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(
-        shutil.which("chromedriver") or "/usr/bin/chromedriver"))
-    try:
+    with chromium_driver(tmp_path / "profile") as driver:
         driver.get(page.as_uri())
         assert driver.title == "Dordt privacy audit"
         assert "Every requirement holds: 13 of 13 pass" in driver.find_element(
@@ -198,10 +189,7 @@ def test_the_report_renders_in_headless_chromium_with_every_result(day_report, t
         assert "attacker accuracy" in row.find_element(By.TAG_NAME, "details").text
         charts = driver.find_elements(By.CSS_SELECTOR, "figure svg")
         assert len(charts) == 2 and all(c.size["width"] > 100 for c in charts)
-        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
-        assert errors == []
-    finally:
-        driver.quit()
+        assert console_errors(driver) == []
 
 
 def test_a_ble_address_in_a_copy_of_the_gateway_log_fails_only_that_requirement(day, tmp_path,
