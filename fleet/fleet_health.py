@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 import sqlite3
 import time
+import urllib.error
 import urllib.parse
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -101,7 +102,11 @@ def read_points(spec: str, start_s: int, end_s: int, timeout_s: float = 30) -> l
             return read_victoriametrics(text, start_s, end_s, timeout_s, MEASUREMENTS)
         except ValueError as exc:  # an answer, but not an export
             raise HealthStoreError(f"store {shown}: {exc}; is it VictoriaMetrics?") from None
-        except OSError as exc:  # URLError, HTTPError, timeouts, refused connections
+        except urllib.error.HTTPError as exc:  # it answered, with a refusal
+            raise HealthStoreError(
+                f"store {shown} answered HTTP {exc.code} {exc.reason} to an export request; "
+                "give the URL of VictoriaMetrics (its /api/v1/export)") from None
+        except OSError as exc:  # URLError, timeouts, refused connections
             reason = getattr(exc, "reason", None) or exc
             raise HealthStoreError(
                 f"store {shown} did not answer ({reason}); check the URL and that the "

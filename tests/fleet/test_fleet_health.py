@@ -423,3 +423,24 @@ def test_long_series_are_thinned_keeping_the_extremes():
     assert len(coords) <= 240
     assert min(float(c.split(",")[1]) for c in coords) == pytest.approx(10.0)  # the peak
     assert report.gateways[0]["buffer_readings_max"] == 5000
+
+
+def test_a_web_server_that_is_not_victoriametrics_gets_one_line(tmp_path, capsys):
+    import http.server
+    import threading
+
+    class NoExport(http.server.BaseHTTPRequestHandler):  # answers every GET with 501
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NoExport)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        assert main(["fleet", "health", "--store", url]) == 1
+    finally:
+        server.shutdown()
+        server.server_close()
+    err = capsys.readouterr().err
+    assert f"store {url} answered HTTP 501" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
