@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fleet.fleet_health import MEASUREMENTS, fleet_health  # noqa: E402
+from fleet.fleet_health import FIELDS, MEASUREMENTS, fleet_health  # noqa: E402
 from fleet.health_page import to_html  # noqa: E402
 from gateway.forward.influx import InfluxStore  # noqa: E402
 from gateway.forward.local import LocalStore  # noqa: E402
@@ -159,11 +159,13 @@ def baseline(name: str, spec: str, vm_url: str, start_s: int, end_s: int, path: 
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         db.execute("SELECT measurement, node, time_s, field, value, zone, site, kind FROM "
                    f"points WHERE time_s BETWEEN ? AND ? AND measurement IN "
-                   f"({', '.join('?' * len(MEASUREMENTS))})",
-                   (start_s, end_s, *MEASUREMENTS)).fetchall()
+                   f"({', '.join('?' * len(MEASUREMENTS))}) AND field IN "
+                   f"({', '.join('?' * len(FIELDS))})",
+                   (start_s, end_s, *MEASUREMENTS, *FIELDS)).fetchall()
         db.close()
     else:
-        match = '{__name__=~"(' + "|".join(MEASUREMENTS) + ')_.*"}'
+        match = ('{__name__=~"(' + "|".join(MEASUREMENTS) + ")_(" + "|".join(FIELDS)
+                 + ')"}')
         query = urllib.parse.urlencode({"match[]": match, "start": start_s, "end": end_s})
         with urllib.request.urlopen(f"{vm_url}/api/v1/export?{query}", timeout=60) as resp:
             resp.read()

@@ -33,6 +33,13 @@ from pathlib import Path
 from gateway.provenance import StoredReading, read_local, read_victoriametrics
 
 MEASUREMENTS = ("node_status", "gateway_health", "ota", "provenance")
+# The fields read, of all four: a provenance record's 32 digest and signature fields are
+# most of a store's health-related rows and nothing here needs them.
+FIELDS = ("uptime_s", "free_heap_bytes", "reset_cause", "firmware_version", "error_count",
+          "dropped_frames", "supply_mv", "batch",  # node_status (+ its signed batch)
+          "buffer_readings", "buffer_oldest_age_s", "status", "rejected", "evicted",
+          "serial", "state", "version",  # ota
+          "seq", "first_s", "last_s")  # provenance
 JSON_FORMAT = "dordt-fleet-health"
 JSON_VERSION = 1
 
@@ -99,7 +106,8 @@ def read_points(spec: str, start_s: int, end_s: int, timeout_s: float = 30) -> l
     shown = public_spec(text)
     if text.startswith(("http://", "https://")):
         try:
-            return read_victoriametrics(text, start_s, end_s, timeout_s, MEASUREMENTS)
+            return read_victoriametrics(text, start_s, end_s, timeout_s, MEASUREMENTS,
+                                        FIELDS)
         except ValueError as exc:  # an answer, but not an export
             raise HealthStoreError(f"store {shown}: {exc}; is it VictoriaMetrics?") from None
         except urllib.error.HTTPError as exc:  # it answered, with a refusal
@@ -121,7 +129,7 @@ def read_points(spec: str, start_s: int, end_s: int, timeout_s: float = 30) -> l
         raise HealthStoreError(f"store {shown}: no such file; give the path of a local store "
                                "(the gateway's [store] url sqlite:PATH)")
     try:
-        return read_local(path, start_s, end_s, MEASUREMENTS)
+        return read_local(path, start_s, end_s, MEASUREMENTS, FIELDS)
     except sqlite3.Error as exc:
         raise HealthStoreError(f"store {shown}: not a readable local store ({exc}); check "
                                "the path") from None

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -348,18 +349,21 @@ _MEASUREMENTS = ("node_status", MEASUREMENT, "air", "noise", "crowd")
 
 
 def read_local(path: str | Path, start_s: int, end_s: int,
-               measurements: tuple[str, ...] | None = None) -> list[StoredReading]:
+               measurements: tuple[str, ...] | None = None,
+               fields: tuple[str, ...] | None = None) -> list[StoredReading]:
     """Every point of a LocalStore file in [start_s, end_s], or only those of
-    `measurements` (fleet health reads its few).  A gateway's point (gateway_health) has
-    its gateway id as "node", as LocalStore.write_lines keys it."""
+    `measurements` and only their `fields` (fleet health reads its few).  A gateway's
+    point (gateway_health) has its gateway id as "node", as LocalStore.write_lines keys
+    it."""
     import sqlite3
 
     sql = ("SELECT measurement, node, time_s, field, value, zone, site, kind FROM points"
            " WHERE time_s BETWEEN ? AND ?")
     params: list[object] = [start_s, end_s]
-    if measurements is not None:
-        sql += f" AND measurement IN ({', '.join('?' * len(measurements))})"
-        params += measurements
+    for column, wanted in (("measurement", measurements), ("field", fields)):
+        if wanted is not None:
+            sql += f" AND {column} IN ({', '.join('?' * len(wanted))})"
+            params += wanted
     db = sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True)
     try:
         rows = db.execute(sql, params).fetchall()
@@ -380,13 +384,15 @@ def read_local(path: str | Path, start_s: int, end_s: int,
 
 
 def read_victoriametrics(url: str, start_s: int, end_s: int, timeout_s: float = 30,
-                         measurements: tuple[str, ...] = _MEASUREMENTS) -> list[StoredReading]:
+                         measurements: tuple[str, ...] = _MEASUREMENTS,
+                         fields: tuple[str, ...] | None = None) -> list[StoredReading]:
     """Every dordt point in [start_s, end_s] through VictoriaMetrics' /api/v1/export, or
-    only those of `measurements`."""
+    only those of `measurements` and only their `fields`."""
     import urllib.parse
     import urllib.request
 
-    match = '{__name__=~"(' + "|".join(measurements) + ')_.*"}'
+    field_re = ".*" if fields is None else "(" + "|".join(map(re.escape, fields)) + ")"
+    match = '{__name__=~"(' + "|".join(measurements) + ")_" + field_re + '"}'
     query = urllib.parse.urlencode({"match[]": match, "start": start_s, "end": end_s})
     with urllib.request.urlopen(f"{url.rstrip('/')}/api/v1/export?{query}",
                                 timeout=timeout_s) as resp:
