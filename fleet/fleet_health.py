@@ -21,6 +21,7 @@ is not a failure: the rows are empty and `FleetHealth.empty` is true.
 
 from __future__ import annotations
 
+import math
 import re
 import sqlite3
 import time
@@ -76,6 +77,8 @@ def firmware_text(code: float | None) -> str | None:
     if code is None:
         return None
     c = int(code)
+    if not 0 <= c <= 999_999:  # no node sends this (metrics.py's range): show, not decode
+        return f"?{c}"
     return f"{c // 10000}.{c // 100 % 100}.{c % 100}"
 
 
@@ -179,6 +182,9 @@ def summarise(points: list[StoredReading], now_s: int, since_s: int, store: str 
     ota: dict[str, StoredReading] = {}
     batches: dict[int, list[tuple[str, int, int]]] = defaultdict(list)
     for p in points:
+        if not all(map(math.isfinite, p.fields.values())):  # a store anyone could write to
+            p = StoredReading(p.measurement, p.tags, p.time_s,
+                              {k: v for k, v in p.fields.items() if math.isfinite(v)})
         if p.measurement == "node_status" and "node" in p.tags:
             status[p.tags["node"]].append(p)
         elif p.measurement == "gateway_health":
@@ -330,14 +336,19 @@ def _zone_rows(nodes: list[dict], expected: list | None) -> list[dict]:
             "nodes_stale": sum(n["stale"] for n in seen),
             "nodes_never_seen": len(rows) - len(seen),
             "firmware": dict(sorted(Counter(n["firmware"] for n in seen
-                                            if n["firmware"]).items(), key=_version_key)),
+                                            if n["firmware"]).items(),
+                                     key=lambda item: version_key(item[0]))),
             "gateways": sorted({n["gateway"] for n in rows if n["gateway"]}),
         })
     return out
 
 
-def _version_key(item: tuple[str, int]) -> tuple:
-    return tuple(int(x) for x in item[0].split("."))
+def version_key(version: str) -> tuple:
+    """Sorts "M.m.p" texts by number; anything else (a "?N" firmware_text) after them."""
+    parts = version.split(".")
+    if len(parts) == 3 and all(x.isdigit() for x in parts):
+        return (0, *map(int, parts))
+    return (1, version)
 
 
 def fleet_health(spec: str, since_s: int = DEFAULT_SINCE_S, now_s: int | None = None,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import html
 
-from fleet.fleet_health import FleetHealth
+from fleet.fleet_health import FleetHealth, version_key
 
 MAX_POINTS = 240  # per series in a chart: a day of minutes would be a 1.5 MB page
 MAX_HEAP_SERIES = 12  # nodes drawn in the heap chart: the lowest heaps, the ones to watch
@@ -117,8 +117,7 @@ def firmware_chart(zones: list[dict]) -> str:
     if not bars:
         return (f'<figure id="chart-firmware"><figcaption>{e(title)}</figcaption>'
                 '<p class="note">No data for this chart.</p></figure>')
-    versions = sorted({v for z in bars for v in z["firmware"]},
-                      key=lambda v: tuple(int(x) for x in v.split(".")))
+    versions = sorted({v for z in bars for v in z["firmware"]}, key=version_key)
     colour = {v: _PALETTE[i % len(_PALETTE)] for i, v in enumerate(versions)}
     top_count = max(sum(z["firmware"].values()) for z in bars)
     left, bar_h, plot_w = 130, 22, 520

@@ -444,3 +444,27 @@ def test_a_web_server_that_is_not_victoriametrics_gets_one_line(tmp_path, capsys
     err = capsys.readouterr().err
     assert f"store {url} answered HTTP 501" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_odd_values_in_the_store_are_shown_not_fatal():
+    from gateway.provenance import StoredReading
+
+    now = 1_800_000_000
+    tags = {"zone": "spoorzone", "site": "spz-01", "node": "00010011", "kind": "air"}
+    points = [
+        StoredReading("node_status", tags, now - 20, {"uptime_s": float("nan"),
+                                                      "reset_cause": float("inf"),
+                                                      "firmware_version": -3.0}),
+        StoredReading("node_status", tags, now - 10, {"reset_cause": 77.0,
+                                                      "firmware_version": 10_000_000.0,
+                                                      "free_heap_bytes": 1e30}),
+        StoredReading("gateway_health", {"gateway": "gw-a"}, now, {"status": 9.0}),
+        StoredReading("ota", {"node": "00010011"}, now, {"state": 99.0}),
+        StoredReading("provenance", {"gateway": "gw-a"}, now, {"seq": 1.0}),  # no range
+    ]
+    report = summarise(points, now, now - 3600)
+    node = report.nodes[0]
+    assert node["firmware"] == "?10000000" and node["reset_causes"] == {"cause_77": 1}
+    assert node["ota"]["state"] == "state_99" and node["gateway"] is None
+    assert report.gateways[0]["status"] == "status_9"
+    assert "?10000000" in to_html(report)
