@@ -468,3 +468,44 @@ def test_odd_values_in_the_store_are_shown_not_fatal():
     assert node["ota"]["state"] == "state_99" and node["gateway"] is None
     assert report.gateways[0]["status"] == "status_9"
     assert "?10000000" in to_html(report)
+
+
+@pytest.mark.services
+def test_a_running_gateway_fed_over_mqtt_by_simulated_nodes(mosquitto, tmp_path, capsys):
+    """The whole path in real time: SimFleet's status frames published at QoS 1 to a real
+    Mosquitto, a started gateway (its ingest thread, heartbeats every 0.2 s), its store."""
+    from simulators.fleet import SimFleet
+    from tests.fixtures.services import publish_qos1
+    from tests.helpers import wait_until
+
+    sim = SimFleet(seed=4, status_every=2)  # every other frame a status frame
+    store = tmp_path / "store.sqlite"
+    gw = Gateway(sim.keyring(), LocalStore(store), tmp_path / "gw", mosquitto.url,
+                 client_id="health-e2e", gateway_id="gw-e2e", policy_path=PASSTHROUGH,
+                 heartbeat_s=0.2, housekeeping_s=0.1)
+    gw.start()
+    try:
+        assert gw.ingest.wait_connected(10)
+        now = int(time.time())
+        frames = [f for t in (now - 20, now - 10) for f in sim.tick(t)]
+        publish_qos1(mosquitto.host, mosquitto.port, frames, client_id="health-e2e-nodes")
+        wait_until(lambda: gw.stats.accepted == len(frames), 30, "the frames to be accepted")
+        wait_until(lambda: gw.outbox.depth() == 0, 30, "the outbox to drain")
+        # heartbeats are keyed by the second: wait for two seconds' worth in the store
+        reader = LocalStore(store, create=False)
+        wait_until(lambda: len(reader.points("gateway_health", "status")) >= 2, 10,
+                   "two heartbeats in the store")
+        reader.close()
+    finally:
+        gw.stop(0)
+    assert main(["fleet", "health", "--store", f"sqlite:{store}", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert len(doc["nodes"]) == 27
+    assert {n["gateway"] for n in doc["nodes"]} == {"gw-e2e"}
+    assert {n["firmware"] for n in doc["nodes"]} == {"0.1.0"}
+    assert all(not n["stale"] and n["free_heap_bytes"] > 100_000 for n in doc["nodes"])
+    [gateway] = doc["gateways"]
+    assert gateway["gateway"] == "gw-e2e" and gateway["status"] == "ok"
+    assert gateway["heartbeats"] >= 2 and gateway["nodes"] == 27
+    assert gateway["buffer_readings"] == 0
+    assert [z["nodes_seen"] for z in doc["zones"]] == [9, 9, 9]
