@@ -27,7 +27,7 @@ _CSS = """
 body{font-family:system-ui,sans-serif;margin:1.5em;max-width:80em;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{border:1px solid #ccc;padding:.2em .5em;
 text-align:left;vertical-align:top}th{background:#f3f3f3}td.num{text-align:right}
-tr[data-stale="true"] td{color:#b00020}.note{color:#555}
+tr[data-stale="true"] td,td.bad{color:#b00020}.note{color:#555}
 figure{margin:1em 0}figcaption{font-weight:bold;margin-bottom:.3em}
 """
 
@@ -66,24 +66,28 @@ def _thin(points: list[tuple[int, float]], keep: str) -> list[tuple[int, float]]
 
 
 def line_chart(chart_id: str, title: str, series: dict[str, list[tuple[int, float]]],
-               unit: str, keep: str = "max") -> str:
-    """A line chart of time series: one <polyline data-series="NAME"> per series."""
+               unit: str, keep: str = "max", from_zero: bool = True) -> str:
+    """A line chart of time series: one <polyline data-series="NAME"> per series; the y
+    axis starts at 0 (`from_zero`) or at the lowest value (a heap that moves by a few
+    kB out of 120)."""
     series = {k: _thin(sorted(v), keep) for k, v in series.items() if v}
     if not series:
         return (f'<figure id="{e(chart_id)}"><figcaption>{e(title)}</figcaption>'
                 '<p class="note">No data for this chart.</p></figure>')
     t0 = min(p[0] for v in series.values() for p in v)
     t1 = max(p[0] for v in series.values() for p in v)
-    lo = min(0.0, min(p[1] for v in series.values() for p in v))
+    lo = min(p[1] for v in series.values() for p in v)
+    lo = min(0.0, lo) if from_zero else lo
     hi = max(p[1] for v in series.values() for p in v)
-    hi = hi if hi > lo else lo + 1
+    # a flat series (or one so large that lo + 1 == lo) still gets a height to draw in
+    span = (hi - lo) or max(1.0, abs(hi) / 100)
     width, height, left, top, plot_w, plot_h = 720, 300, 70, 10, 630, 220
 
     def x(t: int) -> float:
         return left + (t - t0) / ((t1 - t0) or 1) * plot_w
 
     def y(v: float) -> float:
-        return top + plot_h - (v - lo) / (hi - lo) * plot_h
+        return top + plot_h - (v - lo) / span * plot_h
 
     legend_rows = -(-len(series) // 3)
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" '
@@ -177,7 +181,9 @@ def to_html(report: FleetHealth) -> str:
             + _cell(n["error_count"], True) + _cell(_ota(n["ota"])) + "</tr>")
     gateways = [
         f'<tr data-gateway="{e(g["gateway"])}" data-stale="{str(g["stale"]).lower()}">'
-        + _cell(g["gateway"]) + _cell(age_text(g["age_s"])) + _cell(g["status"])
+        + _cell(g["gateway"]) + _cell(age_text(g["age_s"]))
+        + (f'<td class="bad">{e(g["status"])}</td>' if g["status"] not in ("ok", None)
+           else _cell(g["status"]))
         + _cell(g["buffer_readings"], True) + _cell(g["buffer_readings_max"], True)
         + _cell(g["nodes"], True) + "</tr>"
         for g in report.gateways]
@@ -197,7 +203,7 @@ def to_html(report: FleetHealth) -> str:
                          report.buffer_series, "readings", keep="max")
               + line_chart("chart-heap", heap_title,
                            {k: report.heap_series[k] for k in heap_nodes}, "bytes",
-                           keep="min")
+                           keep="min", from_zero=False)
               + firmware_chart(report.zones))
     empty = ('<p class="note" id="empty">No node_status or gateway_health points in the '
              "store in this window.</p>" if report.empty else "")
