@@ -56,6 +56,10 @@ DEFAULT_SINCE_S = 24 * 3600
 DEFAULT_NODE_STALE_S = 30 * 60  # status every 10 windows of 60 s: three missed in a row
 DEFAULT_GATEWAY_STALE_S = 5 * 60  # heartbeat every 60 s (gateway.sample.toml)
 
+# Points up to this far after "now" are read too: a node or gateway whose clock runs
+# ahead is still seen (its age shows as 0), not missing.
+CLOCK_AHEAD_S = 3600
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -228,8 +232,9 @@ def summarise(points: list[StoredReading], now_s: int, since_s: int, store: str 
         if heap:
             report.heap_series[node] = heap
     served = Counter(n["gateway"] for n in report.nodes if n["gateway"])
-    for gw in sorted(heartbeats):
-        rows = sorted(heartbeats[gw], key=lambda p: p.time_s)
+    # a gateway that forwarded readings but no heartbeat in the window still gets a row
+    for gw in sorted(set(heartbeats) | set(served)):
+        rows = sorted(heartbeats.get(gw, ()), key=lambda p: p.time_s)
         report.gateways.append(_gateway_row(gw, rows, served.get(gw, 0), now_s,
                                             gateway_stale_s))
         report.buffer_series[gw] = [(p.time_s, p.fields["buffer_readings"]) for p in rows
@@ -299,16 +304,16 @@ def _ota_state(p: StoredReading) -> dict:
 
 def _gateway_row(gw: str, rows: list[StoredReading], nodes: int, now_s: int,
                  stale_s: int) -> dict:
-    last = rows[-1]
-    f = last.fields
+    last = rows[-1] if rows else None
+    f = last.fields if last else {}
     depths = [p.fields["buffer_readings"] for p in rows if "buffer_readings" in p.fields]
-    age = max(0, now_s - last.time_s)
+    age = None if last is None else max(0, now_s - last.time_s)
     code = f.get("status")
     return {
         "gateway": gw,
-        "last_seen_s": last.time_s,
+        "last_seen_s": None if last is None else last.time_s,
         "age_s": age,
-        "stale": age > stale_s,
+        "stale": age is None or age > stale_s,
         "status": None if code is None else GATEWAY_STATUS.get(int(code), f"status_{int(code)}"),
         "buffer_readings": int(f["buffer_readings"]) if "buffer_readings" in f else None,
         "buffer_readings_max": int(max(depths)) if depths else None,
@@ -358,6 +363,6 @@ def fleet_health(spec: str, since_s: int = DEFAULT_SINCE_S, now_s: int | None = 
     """Read the store's window of `since_s` up to now and summarise it."""
     now = int(time.time()) if now_s is None else int(now_s)
     start = now - int(since_s)
-    points = read_points(spec, start, now)
+    points = read_points(spec, start, now + CLOCK_AHEAD_S)
     return summarise(points, now, start, public_spec(spec.strip()), node_stale_s,
                      gateway_stale_s, expected)

@@ -509,3 +509,28 @@ def test_a_running_gateway_fed_over_mqtt_by_simulated_nodes(mosquitto, tmp_path,
     assert gateway["heartbeats"] >= 2 and gateway["nodes"] == 27
     assert gateway["buffer_readings"] == 0
     assert [z["nodes_seen"] for z in doc["zones"]] == [9, 9, 9]
+
+
+def test_a_gateway_with_readings_but_no_heartbeat_and_a_clock_ahead(tmp_path):
+    """A node whose batches a gateway signed, that gateway silent on heartbeats; another
+    node whose clock runs ten minutes ahead."""
+    sim = SimNode(load_placements()[0], SEED)
+    store = tmp_path / "store.sqlite"
+    gw = Gateway(Keyring([NodeEntry(sim.node_id, sim.placement.kind, sim.placement.zone,
+                                    sim.placement.site, {0: sim.key})]),
+                 LocalStore(store), tmp_path / "gw", gateway_id="gw-quiet",
+                 policy_path=PASSTHROUGH)
+    now = int(time.time())
+    gw.process([Envelope("mqtt", sim.topic, sim.encode(
+        {"uptime_s": 10, "free_heap_bytes": 100_000}, now + 600, 60, protocol.FLAG_STATUS),
+        now + 600)])
+    while gw.forwarder.drain_once():
+        pass
+    report = fleet_health(f"sqlite:{store}", 3600, now_s=now)
+    [node] = report.nodes
+    assert node["gateway"] == "gw-quiet" and node["age_s"] == 0 and not node["stale"]
+    [row] = report.gateways
+    assert row["gateway"] == "gw-quiet" and row["last_seen_s"] is None and row["stale"]
+    assert row["heartbeats"] == 0 and row["nodes"] == 1
+    assert 'data-gateway="gw-quiet" data-stale="true"><td>gw-quiet</td><td>never</td>' in \
+        to_html(report)
