@@ -112,63 +112,58 @@ def print_tables(report, console=None) -> None:
         if not report.nodes:
             return
 
-    def table(title: str, columns: list[tuple[str, bool]]) -> Table:
+    def show(title: str, columns: list[tuple[str, str]], rows: list[tuple[list, bool]]):
+        """One table: `columns` (name, "num" | "id" | "text"), `rows` (values, stale).
+        Numbers and ids are never folded or cut (their column is as wide as its widest
+        value); text columns (names, lists) fold to keep the table within the console."""
         t = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False,
                   padding=(0, 1))
-        for name, numeric in columns:
-            # ids and counts whole; a long gateway name or reset list folds instead
-            t.add_column(name, justify="right" if numeric else "left", overflow="fold",
-                         no_wrap=name in ("node", "seen"), min_width=_MIN_WIDTH.get(name))
-        return t
+        cells = [[_safe(v) for v in values] for values, _stale in rows]
+        for i, (name, kind) in enumerate(columns):
+            whole = kind != "text"
+            widest = max((len(r[i]) for r in cells), default=1)
+            t.add_column(name, justify="right" if kind == "num" else "left",
+                         overflow="fold", no_wrap=whole, min_width=widest if whole else None)
+        for values, (_v, stale) in zip(cells, rows, strict=True):
+            t.add_row(*(Text(v, style="red" if stale else "") for v in values))
+        console.print(t)
 
-    def row(t: Table, values: list, stale: bool = False) -> None:
-        t.add_row(*(Text(_safe(v), style="red" if stale else "") for v in values))
-
-    z = table("Zones", [("zone", False), ("seen", True), ("stale", True), ("never", True),
-                        ("firmware (nodes)", False), ("gateways", False)])
-    for zone in report.zones:
-        row(z, [zone["zone"], zone["nodes_seen"], zone["nodes_stale"],
-                zone["nodes_never_seen"],
-                ", ".join(f"{v} ({n})" for v, n in zone["firmware"].items()),
-                ", ".join(zone["gateways"])])
-    console.print(z)
+    show("Zones", [("zone", "text"), ("seen", "num"), ("stale", "num"), ("never", "num"),
+                   ("firmware (nodes)", "text"), ("gateways", "text")],
+         [([z["zone"], z["nodes_seen"], z["nodes_stale"], z["nodes_never_seen"],
+            ", ".join(f"{v} ({n})" for v, n in z["firmware"].items()),
+            ", ".join(z["gateways"])], False) for z in report.zones])
     if report.gateways:
-        g = table("Gateways", [("gateway", False), ("seen", True), ("status", False),
-                               ("buffered", True), ("max", True), ("nodes", True)])
-        for gw in report.gateways:
-            row(g, [gw["gateway"], age_text(gw["age_s"]), gw["status"], gw["buffer_readings"],
-                    gw["buffer_readings_max"], gw["nodes"]], gw["stale"])
-        console.print(g)
+        show("Gateways", [("gateway", "text"), ("seen", "num"), ("status", "id"),
+                          ("buffered", "num"), ("max", "num"), ("nodes", "num")],
+             [([g["gateway"], age_text(g["age_s"]), g["status"], g["buffer_readings"],
+                g["buffer_readings_max"], g["nodes"]], g["stale"]) for g in report.gateways])
     # one node table per zone: no zone column, so a row fits 80 columns
     for zone in report.zones:
-        n = table(f"Nodes in {_safe(zone['zone'])}", [
-            ("node", False), ("gateway", False), ("seen", True), ("fw", False),
-            ("heap kB", True), ("min", True), ("resets", False), ("drop", True),
-            ("err", True)])
+        rows = []
         for node in report.nodes:
             if (node["zone"] or "-") != zone["zone"]:
                 continue
             heap, low = node["free_heap_bytes"], node["free_heap_min_bytes"]
             resets = ", ".join(f"{_SHORT_CAUSE.get(k, k)} {v}"
                                for k, v in node["reset_causes"].items())
-            row(n, [node["node"], node["gateway"], age_text(node["age_s"]), node["firmware"],
-                    None if heap is None else f"{heap / 1000:.1f}",
-                    None if low is None else f"{low / 1000:.1f}", resets,
-                    node["dropped_frames"], node["error_count"]], node["stale"])
-        console.print(n)
+            rows.append(([node["node"], node["gateway"], age_text(node["age_s"]),
+                          node["firmware"], None if heap is None else round(heap / 1000),
+                          None if low is None else round(low / 1000), resets,
+                          node["dropped_frames"], node["error_count"]], node["stale"]))
+        show(f"Nodes in {_safe(zone['zone'])}",
+             [("node", "id"), ("gateway", "text"), ("seen", "num"), ("fw", "id"),
+              ("heap kB", "num"), ("min", "num"), ("resets", "text"), ("drop", "num"),
+              ("err", "num")], rows)
     ota = [node for node in report.nodes if node["ota"]]
     if ota:
-        o = table("Updates (last OTA state)", [("node", False), ("state", False),
-                                               ("version", False), ("serial", True),
-                                               ("seen", True)])
-        for node in ota:
-            s = node["ota"]
-            row(o, [node["node"], s["state"], s["version"], s["serial"],
-                    age_text(report.generated_s - s["time_s"])])
-        console.print(o)
+        show("Updates (last OTA state)", [("node", "id"), ("state", "text"),
+                                          ("version", "id"), ("serial", "num"),
+                                          ("seen", "num")],
+             [([n["node"], n["ota"]["state"], n["ota"]["version"], n["ota"]["serial"],
+                age_text(report.generated_s - n["ota"]["time_s"])], False) for n in ota])
 
 
-_MIN_WIDTH = {"node": 8, "resets": 12}
 # short names for the terminal's narrow resets column; --json and the page spell them out
 _SHORT_CAUSE = {"power_on": "pwr", "hard": "hard", "watchdog": "wdt", "deep_sleep": "sleep",
                 "soft": "soft"}

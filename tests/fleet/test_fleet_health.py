@@ -534,3 +534,38 @@ def test_a_gateway_with_readings_but_no_heartbeat_and_a_clock_ahead(tmp_path):
     assert row["heartbeats"] == 0 and row["nodes"] == 1
     assert 'data-gateway="gw-quiet" data-stale="true"><td>gw-quiet</td><td>never</td>' in \
         to_html(report)
+
+
+def test_long_names_fold_but_numbers_are_never_cut_on_80_columns():
+    import io
+
+    from rich.console import Console
+
+    from fleet.cli_health import print_tables
+    from gateway.provenance import StoredReading
+
+    now = 1_800_000_000
+    points = []
+    for i in range(3):
+        gw = f"gw-spuiboulevard-{i:02d}"
+        points += [
+            StoredReading("gateway_health", {"gateway": gw}, now - 5,
+                          {"buffer_readings": 1234567.0, "status": 1.0}),
+            StoredReading("provenance", {"gateway": gw}, now - 5,
+                          {"seq": 1000.0 + i, "first_s": now - 100.0, "last_s": now - 5.0}),
+            StoredReading("node_status", {"zone": "spuiboulevard", "site": "spb-01",
+                                          "node": f"000300{i:02x}", "kind": "crowd"},
+                          now - 50, {"uptime_s": 0.0, "reset_cause": 3.0,
+                                     "firmware_version": 121314.0, "free_heap_bytes": 123456.0,
+                                     "error_count": 7654321.0, "dropped_frames": 99999.0,
+                                     "batch": 1000.0 + i})]
+    report = summarise(points, now, now - 86400)
+    out = io.StringIO()
+    print_tables(report, Console(file=out, width=80))
+    lines = out.getvalue().splitlines()
+    assert max(map(len, lines)) <= 80
+    node_rows = [line for line in lines if line.startswith(" 000300")]
+    assert len(node_rows) == 3
+    assert all("12.13.14" in r and "99999" in r and r.rstrip().endswith("7654321")
+               for r in node_rows)
+    assert sum(line.count("1234567") for line in lines) == 6  # buffered and max, 3 gateways
