@@ -59,8 +59,11 @@ def command_health(args: argparse.Namespace) -> int:
 
         try:
             expected = load_placements(args.zones)
-        except (ZonesError, OSError) as exc:
-            raise UserError(f"--zones {args.zones}: {exc}", EXIT_CONFIG) from None
+        except ZonesError as exc:  # it names the file
+            raise UserError(f"--zones: {exc}", EXIT_CONFIG) from None
+        except OSError as exc:
+            raise UserError(f"--zones {args.zones}: {exc.strerror or exc}", EXIT_CONFIG) \
+                from None
     try:
         report = fleet_health(args.store, since_s, node_stale_s=node_stale_s,
                               gateway_stale_s=gateway_stale_s, expected=expected)
