@@ -302,6 +302,299 @@ class Registry:
         return _gateway_dict(row)
 
 
+    # -- zones and sites --------------------------------------------------------------
+
+    def sync_zones(self, zones_path: str | Path | None = None) -> int:
+        """Add or update the zones and sites of the zones file (hardware/sites.py); the
+        number of sites.  Sites the file no longer has stay while nodes stand there."""
+        from hardware.sites import ZonesError, load_zones
+
+        try:
+            zones = load_zones(zones_path)
+        except ZonesError as exc:
+            raise RegistryError(str(exc)) from None
+        n = 0
+        with self.db:
+            for z in zones:
+                self.db.execute("INSERT INTO zones(zone, number, name) VALUES (?, ?, ?) "
+                                "ON CONFLICT(zone) DO UPDATE SET number = excluded.number, "
+                                "name = excluded.name", (z.id, z.number, z.name))
+                for site in z.sites:
+                    self.db.execute(
+                        "INSERT INTO sites(site, zone, lat, lon, kinds) VALUES (?, ?, ?, ?, ?) "
+                        "ON CONFLICT(site) DO UPDATE SET zone = excluded.zone, lat = "
+                        "excluded.lat, lon = excluded.lon, kinds = excluded.kinds",
+                        (site.id, z.id, site.lat, site.lon, ",".join(site.kinds)))
+                    n += 1
+        return n
+
+    def zones(self) -> list[dict]:
+        return [dict(r) for r in self.db.execute("SELECT * FROM zones ORDER BY number")]
+
+    def _check_zone(self, zone: str) -> None:
+        if self.db.execute("SELECT 1 FROM zones WHERE zone = ?", (zone,)).fetchone() is None:
+            known = [r[0] for r in self.db.execute("SELECT zone FROM zones ORDER BY number")]
+            raise RegistryError(f"zone {zone!r} is not in the registry (known: "
+                                f"{', '.join(known) or 'none: run `dordt fleet registry init`'})")
+
+    # -- nodes ------------------------------------------------------------------------
+
+    def add_node(self, node: str, kind: str, zone: str, site: str, key: bytes, key_id: int = 0,
+                 hardware: str = "", firmware: str = "", enrolled_at: str | None = None) -> None:
+        """A new node with its first key, sealed.  Refuses a node id it has (a node id is
+        enrolled once: docs/protocol.md §6.3)."""
+        from fleet.bundle import fingerprint
+        from hardware.sites import ZonesError, placement
+
+        if len(node) != 8 or any(c not in "0123456789abcdef" for c in node):
+            raise RegistryError(f"node {node!r}: a node id is 8 lower-case hex digits")
+        if len(key) != 32:
+            raise RegistryError(f"node {node}: a node key has 32 bytes")
+        self._check_zone(zone)
+        try:
+            placement(zone, site, kind)
+        except ZonesError as exc:
+            raise RegistryError(str(exc)) from None
+        if self.db.execute("SELECT 1 FROM nodes WHERE node = ?", (node,)).fetchone():
+            raise RegistryError(f"node {node} is in the registry already: a node id is "
+                                "enrolled once; retire or revoke the old board and give the "
+                                "new one a new node id")
+        nonce, sealed = self.seal_key(node, key_id, key)
+        now = utc_now()
+        with self.db:
+            self.db.execute("INSERT INTO nodes(node, kind, zone, site, hardware, firmware, "
+                            "enrolled_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            (node, kind, zone, site, hardware, firmware, enrolled_at or now))
+            self.db.execute("INSERT INTO node_keys(node, key_id, state, nonce, sealed, "
+                            "fingerprint, created_at) VALUES (?, ?, 'current', ?, ?, ?, ?)",
+                            (node, key_id, nonce, sealed, fingerprint(key), now))
+
+    def import_bundle(self, opened: list[tuple[dict, bytes]]) -> tuple[list[str], list[str]]:
+        """The entries of an opened enrolment bundle (fleet/bundle.py open_bundle): (added,
+        already there).  All or nothing: one conflicting entry refuses the whole bundle."""
+        from fleet.bundle import fingerprint
+
+        added, present = [], []
+        plan = []
+        for entry, key in opened:
+            node = entry["node"]
+            row = self.db.execute("SELECT fingerprint FROM node_keys WHERE node = ? AND "
+                                  "key_id = ?", (node, entry["key_id"])).fetchone()
+            known = self.db.execute("SELECT 1 FROM nodes WHERE node = ?", (node,)).fetchone()
+            if known and row is not None and row[0] == fingerprint(key):
+                present.append(node)
+                continue
+            if known or node in (e["node"] for e, _ in plan):
+                raise RegistryError(f"node {node} is in the registry already with another key: "
+                                    "a node id is enrolled once; revoke the old board's entry "
+                                    "and give the new board a new node id. Nothing was "
+                                    "imported")
+            plan.append((entry, key))
+        with self.db:  # one transaction: every entry, or none on an error
+            for entry, key in plan:
+                self._add_node_in_tx(entry, key)
+                added.append(entry["node"])
+        return added, present
+
+    def _add_node_in_tx(self, entry: dict, key: bytes) -> None:
+        from fleet.bundle import fingerprint
+        from hardware.sites import ZonesError, placement
+
+        node = entry["node"]
+        self._check_zone(entry["zone"])
+        try:
+            placement(entry["zone"], entry["site"], entry["kind"])
+        except ZonesError as exc:
+            raise RegistryError(f"{exc}. Nothing was imported") from None
+        nonce, sealed = self.seal_key(node, entry["key_id"], key)
+        self.db.execute("INSERT INTO nodes(node, kind, zone, site, hardware, enrolled_at) "
+                        "VALUES (?, ?, ?, ?, ?, ?)", (node, entry["kind"], entry["zone"],
+                                                     entry["site"], entry.get("board", ""),
+                                                     entry.get("enrolled_at") or utc_now()))
+        self.db.execute("INSERT INTO node_keys(node, key_id, state, nonce, sealed, fingerprint, "
+                        "created_at) VALUES (?, ?, 'current', ?, ?, ?, ?)",
+                        (node, entry["key_id"], nonce, sealed, fingerprint(key), utc_now()))
+
+    def set_state(self, node: str, state: str) -> dict:
+        """retire (out of service: left out of keyrings) or revoke (listed as revoked, so
+        gateways refuse its frames by name).  Revoked is final."""
+        if state not in STATES:
+            raise RegistryError(f"state {state!r}: use one of {', '.join(STATES)}")
+        have = self.node(node)["state"]
+        if have == "revoked" and state != "revoked":
+            raise RegistryError(f"node {node} is revoked; a revoked node is not brought back: "
+                                "enrol the board again under a new node id")
+        with self.db:
+            self.db.execute("UPDATE nodes SET state = ? WHERE node = ?", (state, node))
+        return self.node(node)
+
+    def note_seen(self, node: str, when: str, firmware: str | None = None) -> None:
+        with self.db:
+            self.db.execute("UPDATE nodes SET last_seen = max(coalesce(last_seen, ''), ?), "
+                            "firmware = coalesce(?, firmware) WHERE node = ?",
+                            (when, firmware, node))
+
+    # -- key rotation (docs/fleet.md "Key rotation"; docs/protocol.md §4, §6.3) --------
+
+    def rotate_key(self, node: str) -> tuple[int, bytes]:
+        """Start a rotation: a fresh key under the next key id, kept beside the current one
+        (keyrings carry both) until finish_rotation().  (key id, key): the key is for the
+        rekey file only (fleet/rekey.py), never for printing."""
+        import secrets
+
+        info = self.node(node)
+        if info["state"] != "active":
+            raise RegistryError(f"node {node} is {info['state']}; only an active node's key "
+                                "is rotated")
+        keys = info["keys"]
+        if any(k["state"] == "next" for k in keys):
+            nxt = next(k["key_id"] for k in keys if k["state"] == "next")
+            raise RegistryError(f"node {node} is in a rotation to key {nxt} already: finish it "
+                                "(`rotate-key --finish`) or take that key to the node")
+        new_id = max(k["key_id"] for k in keys) + 1
+        if new_id > 255:
+            raise RegistryError(f"node {node} has used every key id (0..255): enrol the board "
+                                "again under a new node id")
+        from fleet.bundle import fingerprint
+
+        key = secrets.token_bytes(32)
+        nonce, sealed = self.seal_key(node, new_id, key)
+        with self.db:
+            self.db.execute("INSERT INTO node_keys(node, key_id, state, nonce, sealed, "
+                            "fingerprint, created_at) VALUES (?, ?, 'next', ?, ?, ?, ?)",
+                            (node, new_id, nonce, sealed, fingerprint(key), utc_now()))
+        return new_id, key
+
+    def finish_rotation(self, node: str) -> int:
+        """End a rotation: the next key becomes the only one; the old ones are deleted, so
+        the next keyrings stop accepting them.  The new current key id."""
+        keys = self.node(node)["keys"]
+        nxt = [k["key_id"] for k in keys if k["state"] == "next"]
+        if not nxt:
+            raise RegistryError(f"node {node} is not in a key rotation (start one with "
+                                "`dordt fleet registry rotate-key`)")
+        with self.db:
+            self.db.execute("DELETE FROM node_keys WHERE node = ? AND state = 'current'",
+                            (node,))
+            self.db.execute("UPDATE node_keys SET state = 'current' WHERE node = ?", (node,))
+        return nxt[0]
+
+    def node_key(self, node: str, key_id: int) -> bytes:
+        row = self.db.execute("SELECT nonce, sealed FROM node_keys WHERE node = ? AND "
+                              "key_id = ?", (node, key_id)).fetchone()
+        if row is None:
+            raise RegistryError(f"node {node} has no key {key_id}")
+        return self.open_key(node, key_id, row["nonce"], row["sealed"])
+
+    # -- keyrings -----------------------------------------------------------------------
+
+    def keyring(self, gateway: str | None = None):
+        """The keyring (fleet/keyring.py) of the nodes `gateway` serves (assigned to it, or
+        unassigned in its zone), or of every node; retired nodes are left out, revoked ones
+        are listed as revoked.  Needs the master key."""
+        from fleet.keyring import Keyring, NodeEntry
+
+        sql = "SELECT * FROM nodes WHERE state != 'retired'"
+        params: tuple = ()
+        if gateway is not None:
+            gw = self.gateway(gateway)
+            sql += " AND (gateway = ? OR (gateway IS NULL AND zone = ?))"
+            params = (gateway, gw["zone"])
+        ring = Keyring()
+        for row in self.db.execute(sql + " ORDER BY node", params).fetchall():
+            keys = {}
+            for k in self.db.execute("SELECT key_id, nonce, sealed FROM node_keys WHERE "
+                                     "node = ?", (row["node"],)).fetchall():
+                keys[k["key_id"]] = self.open_key(row["node"], k["key_id"], k["nonce"],
+                                                  k["sealed"])
+            ring.add(NodeEntry(int(row["node"], 16), row["kind"], row["zone"], row["site"],
+                               keys, row["state"] == "revoked"))
+        return ring
+
+    def assign(self, node: str, gateway: str | None) -> None:
+        """Serve `node` from `gateway` explicitly (None: from its zone's gateways)."""
+        self.node(node)
+        if gateway is not None:
+            self.gateway(gateway)
+        with self.db:
+            self.db.execute("UPDATE nodes SET gateway = ? WHERE node = ?", (gateway, node))
+
+    # -- gateways -----------------------------------------------------------------------
+
+    def add_gateway(self, name: str, zone: str, keyring_pub: str | None = None,
+                    hardware: str = "") -> dict:
+        from fleet.keyring_file import GATEWAY_TAG, KeyringFileError, parse_public
+
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", name):
+            raise RegistryError(f"gateway name {name!r}: use letters, digits, '.', '_' or '-' "
+                                "(at most 63), as in its config's [gateway] id")
+        self._check_zone(zone)
+        if keyring_pub is not None:
+            try:
+                parse_public(keyring_pub, GATEWAY_TAG, f"gateway {name} keyring key")
+            except KeyringFileError as exc:
+                raise RegistryError(str(exc)) from None
+            keyring_pub = keyring_pub.strip()
+        if self.db.execute("SELECT 1 FROM gateways WHERE name = ?", (name,)).fetchone():
+            raise RegistryError(f"gateway {name} is in the registry already")
+        with self.db:
+            self.db.execute("INSERT INTO gateways(name, zone, hardware, keyring_pub, added_at) "
+                            "VALUES (?, ?, ?, ?, ?)",
+                            (name, zone, hardware, keyring_pub, utc_now()))
+        return self.gateway(name)
+
+    def set_gateway_state(self, name: str, state: str) -> dict:
+        if state not in STATES:
+            raise RegistryError(f"state {state!r}: use one of {', '.join(STATES)}")
+        self.gateway(name)
+        with self.db:
+            self.db.execute("UPDATE gateways SET state = ? WHERE name = ?", (state, name))
+        return self.gateway(name)
+
+    def issue_keyring(self, gateway: str, signer) -> tuple[bytes, int]:
+        """The signed keyring file for `gateway` (fleet/keyring_file.py) and its serial; the
+        serial is counted up in the same transaction, so two issues never share one."""
+        from fleet import keyring_file
+
+        gw = self.gateway(gateway)
+        if gw["state"] != "active":
+            raise RegistryError(f"gateway {gateway} is {gw['state']}: no keyring for it")
+        if not gw["keyring_pub"]:
+            raise RegistryError(f"gateway {gateway} has no keyring key: run `dordt gateway "
+                                "keyring-key init` on it and give the .pub to `dordt fleet "
+                                "gateway add --keyring-pub` (or `gateway set-key`)")
+        recipient = keyring_file.parse_public(gw["keyring_pub"], keyring_file.GATEWAY_TAG,
+                                              f"gateway {gateway}")
+        ring = self.keyring(gateway)
+        issued_at = utc_now()
+        with self.db:
+            serial = self.db.execute(
+                "UPDATE gateways SET keyring_serial = keyring_serial + 1, keyring_issued_at = ? "
+                "WHERE name = ? RETURNING keyring_serial", (issued_at, gateway)).fetchone()[0]
+        return keyring_file.issue(ring, gateway, serial, issued_at, recipient, signer), serial
+
+    # -- backup -------------------------------------------------------------------------
+
+    def backup(self, dest: str | Path) -> Path:
+        """A consistent copy through SQLite's online backup API (the registry may be in use);
+        mode 0600.  Restore: stop writers, copy the backup over the registry file (and delete
+        its -wal and -shm files)."""
+        dest = Path(dest)
+        if dest.exists():
+            raise RegistryError(f"{dest} exists already; give a new file name for the backup")
+        os.close(os.open(dest, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600))
+        try:
+            target = sqlite3.connect(dest)
+            try:
+                self.db.backup(target)
+            finally:
+                target.close()
+        except BaseException:
+            dest.unlink(missing_ok=True)
+            raise
+        return dest
+
+
 def _node_dict(row: sqlite3.Row, keys: list[dict]) -> dict:
     return {"node": row["node"], "kind": row["kind"], "zone": row["zone"], "site": row["site"],
             "hardware": row["hardware"], "firmware": row["firmware"], "state": row["state"],

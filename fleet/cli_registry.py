@@ -1,0 +1,380 @@
+"""`dordt fleet registry | gateway | keyring ...`: the fleet registry (fleet/registry.py), its
+gateways and their signed keyrings (fleet/keyring_file.py).
+
+Thin: argument parsing and presentation.  Every listing takes --json (one JSON document on
+stdout, for scripts).  Errors are `UserError`s, exit 2 (docs/fleet.md lists them); no
+command prints a key, the master key or a private key's path contents.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from dordt.errors import UserError
+from fleet.registry import add_master_key_argument, add_registry_argument
+
+EXIT_BAD_INPUT = 2
+
+
+def register(sub) -> None:
+    _register_registry(sub)
+    _register_gateway(sub)
+    _register_keyring(sub)
+
+
+def _common(p, master_key: bool = False) -> None:
+    add_registry_argument(p)
+    if master_key:
+        add_master_key_argument(p)
+
+
+def _register_registry(sub) -> None:
+    g = sub.add_parser("registry", help="the fleet registry: nodes, keys, zones (SQLite)",
+                       description="The fleet's registry of zones, sites, nodes and gateways, "
+                       "with node keys sealed under a master key (docs/fleet.md).")
+    rs = g.add_subparsers(dest="registry_command", metavar="COMMAND", required=True)
+
+    init = rs.add_parser("init", help="make (or upgrade) the registry and load the zones file",
+                         description="Makes the registry file, applies its migrations and "
+                         "loads zones and sites from the zones file.  With --master-key FILE "
+                         "naming a file that does not exist, makes a new master key there "
+                         "(0600): back it up apart from the registry.")
+    _common(init, master_key=True)
+    init.add_argument("--zones", metavar="TOML", help="zones file (default: the packaged "
+                      "hardware/data/zones.toml)")
+    init.set_defaults(handler=command_registry_init)
+
+    imp = rs.add_parser("import", help="add the nodes of a technician's enrolment bundle",
+                        description="Opens every entry of an enrolment bundle with the fleet's "
+                        "enrolment private key and adds the nodes, keys sealed.  All or "
+                        "nothing.")
+    imp.add_argument("bundle", metavar="BUNDLE")
+    imp.add_argument("--enrol-key", required=True, metavar="PEM",
+                     help="the fleet's enrolment private key (enrol-x25519.pem)")
+    _common(imp, master_key=True)
+    imp.set_defaults(handler=command_registry_import)
+
+    ls = rs.add_parser("ls", help="list nodes (never their keys)")
+    ls.add_argument("--zone")
+    ls.add_argument("--state", choices=["active", "retired", "revoked"])
+    ls.add_argument("--json", action="store_true", help="one JSON list on stdout")
+    _common(ls)
+    ls.set_defaults(handler=command_registry_ls)
+
+    show = rs.add_parser("show", help="one node: place, state, key ids and fingerprints")
+    show.add_argument("node", metavar="NODE")
+    show.add_argument("--json", action="store_true")
+    _common(show)
+    show.set_defaults(handler=command_registry_show)
+
+    for name, what in (("retire", "take a node out of service: left out of new keyrings"),
+                       ("revoke", "revoke a node: gateways refuse its frames once they take "
+                        "the next keyring")):
+        p = rs.add_parser(name, help=what)
+        p.add_argument("node", metavar="NODE")
+        _common(p)
+        p.set_defaults(handler=command_registry_state, state=name + "d")
+
+    rot = rs.add_parser("rotate-key", help="start (or --finish) a node key rotation",
+                        description="Start: makes the node's next key id, kept beside the "
+                        "current one (keyrings carry both), and writes the rekey file that "
+                        "carries the new key to the node (sealed under its current key).  "
+                        "--finish: once the node sends under the new key id, drops the old "
+                        "key; the next keyrings stop accepting it.")
+    rot.add_argument("node", metavar="NODE")
+    rot.add_argument("--rekey-out", metavar="FILE",
+                     help="where to write the rekey file (default: rekey-NODE-KEYID.json)")
+    rot.add_argument("--finish", action="store_true")
+    _common(rot, master_key=True)
+    rot.set_defaults(handler=command_registry_rotate_key)
+
+    bak = rs.add_parser("backup", help="a consistent copy of the registry (online backup)",
+                        description="Copies the registry with SQLite's online backup API, "
+                        "also while other commands use it.  Keys stay sealed in the copy: keep "
+                        "the master key apart from it.  Restore: docs/fleet.md.")
+    bak.add_argument("dest", metavar="FILE")
+    _common(bak)
+    bak.set_defaults(handler=command_registry_backup)
+
+
+def _register_gateway(sub) -> None:
+    g = sub.add_parser("gateway", help="gateways in the fleet registry")
+    gs = g.add_subparsers(dest="gateway_command", metavar="COMMAND", required=True)
+    add = gs.add_parser("add", help="add a gateway serving a zone")
+    add.add_argument("name", metavar="NAME", help="the gateway's id ([gateway] id of its config)")
+    add.add_argument("--zone", required=True)
+    add.add_argument("--keyring-pub", metavar="FILE",
+                     help="the gateway's keyring-x25519.pub (`dordt gateway keyring-key init`)")
+    _common(add)
+    add.set_defaults(handler=command_gateway_add)
+    ls = gs.add_parser("ls", help="list gateways")
+    ls.add_argument("--json", action="store_true")
+    _common(ls)
+    ls.set_defaults(handler=command_gateway_ls)
+    assign = gs.add_parser("assign", help="serve a node from a gateway (not its zone's)")
+    assign.add_argument("node", metavar="NODE")
+    assign.add_argument("name", metavar="NAME", nargs="?",
+                        help="the gateway; leave out to go back to the zone's gateways")
+    _common(assign)
+    assign.set_defaults(handler=command_gateway_assign)
+
+
+def _register_keyring(sub) -> None:
+    g = sub.add_parser("keyring", help="signed keyrings for gateways",
+                       description="Per-gateway keyrings, sealed to the gateway and signed by "
+                       "the fleet (fleet/keyring_file.py, docs/fleet.md).")
+    ks = g.add_subparsers(dest="keyring_command", metavar="COMMAND", required=True)
+    signer = ks.add_parser("signer", help="the fleet's keyring-signing key (Ed25519)")
+    ss = signer.add_subparsers(dest="signer_command", metavar="COMMAND", required=True)
+    sinit = ss.add_parser("init", help="make the key pair; copy the .pub to every gateway")
+    sinit.add_argument("--dir", required=True, metavar="DIR")
+    sinit.set_defaults(handler=command_signer_init)
+    issue = ks.add_parser("issue", help="write one gateway's signed, sealed keyring")
+    issue.add_argument("--gateway", required=True, metavar="NAME")
+    issue.add_argument("--out", required=True, metavar="FILE")
+    issue.add_argument("--signer-key", required=True, metavar="PEM",
+                       help="the fleet's keyring-signer.pem")
+    _common(issue, master_key=True)
+    issue.set_defaults(handler=command_keyring_issue)
+    export = ks.add_parser("export", help="write a plain keyring JSON (0600) for a gateway "
+                           "without a keyring key (a demo, a lab)")
+    export.add_argument("--gateway", metavar="NAME", help="only the nodes it serves")
+    export.add_argument("--out", required=True, metavar="FILE")
+    _common(export, master_key=True)
+    export.set_defaults(handler=command_keyring_export)
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def _open(args, create: bool = False, need_master_key: bool = False):
+    from fleet.registry import open_from_args
+
+    return open_from_args(args, create=create, need_master_key=need_master_key)
+
+
+def _call(fn, *a, **kw):
+    from fleet.keyring_file import KeyringFileError
+    from fleet.registry import RegistryError
+
+    try:
+        return fn(*a, **kw)
+    except (RegistryError, KeyringFileError) as exc:
+        raise UserError(str(exc), EXIT_BAD_INPUT) from None
+
+
+def _node_arg(text: str) -> str:
+    if len(text) != 8 or any(c not in "0123456789abcdef" for c in text):
+        raise UserError(f"node {text!r}: give 8 lower-case hex digits, e.g. 0001001a",
+                        EXIT_BAD_INPUT)
+    return text
+
+
+def _print_json(doc) -> None:
+    json.dump(doc, sys.stdout, indent=1, sort_keys=True)
+    sys.stdout.write("\n")
+
+
+# -- registry -----------------------------------------------------------------------------
+
+
+def command_registry_init(args: argparse.Namespace) -> int:
+    from fleet.registry import RegistryError, new_master_key_file, registry_path
+
+    made_key = None
+    if args.master_key and not Path(args.master_key).exists():
+        made_key = _call(new_master_key_file, Path(args.master_key))
+    path = registry_path(args)
+    existed = path.exists()
+    with _open(args, create=True) as reg:
+        if made_key is None and reg._master_key is None and not existed:
+            reg.close()
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+            raise UserError("give --master-key FILE (a new key is made there when the file "
+                            "does not exist), or set $DORDT_FLEET_MASTER_KEY_FILE", 2)
+        if made_key is not None and existed:
+            try:
+                reg._master_key = made_key
+                reg._check_master_key()
+            except RegistryError as exc:
+                raise UserError(f"{exc} (a new master key was just made in "
+                                f"{args.master_key}: delete it and give the registry's)",
+                                2) from None
+        sites = _call(reg.sync_zones, args.zones)
+        version = reg.db.execute("PRAGMA user_version").fetchone()[0]
+    print(f"registry {path}: schema {version}, {sites} sites"
+          + (f"; made a new master key in {args.master_key} (0600): back it up apart from "
+             "the registry" if made_key is not None else ""))
+    return 0
+
+
+def command_registry_import(args: argparse.Namespace) -> int:
+    from fleet.bundle import BundleError, load_private_key, open_bundle
+
+    try:
+        opened = open_bundle(Path(args.bundle), load_private_key(Path(args.enrol_key)))
+    except BundleError as exc:
+        raise UserError(str(exc), EXIT_BAD_INPUT) from None
+    with _open(args, need_master_key=True) as reg:
+        added, present = _call(reg.import_bundle, opened)
+    print(f"imported {len(added)} node(s)" + (f": {', '.join(added)}" if added else "")
+          + (f"; {len(present)} already there" if present else ""))
+    return 0
+
+
+def _node_public(node: dict) -> dict:
+    return {k: node[k] for k in ("node", "kind", "zone", "site", "hardware", "firmware",
+                                 "state", "key_ids", "last_seen", "gateway", "enrolled_at")}
+
+
+def command_registry_ls(args: argparse.Namespace) -> int:
+    with _open(args) as reg:
+        nodes = reg.nodes(zone=args.zone, state=args.state)
+    if args.json:
+        _print_json([_node_public(n) for n in nodes])
+        return 0
+    if not nodes:
+        print("no nodes match")
+    for n in nodes:
+        print(f"{n['node']}  {n['kind']:<6} {n['zone']:<14} {n['site']:<8} {n['state']:<8} "
+              f"keys {n['key_ids']} firmware {n['firmware'] or '-'} "
+              f"last seen {n['last_seen'] or '-'}")
+    return 0
+
+
+def command_registry_show(args: argparse.Namespace) -> int:
+    with _open(args) as reg:
+        node = _call(reg.node, _node_arg(args.node))
+    public = _node_public(node)
+    public["keys"] = node["keys"]  # ids, states, fingerprints: never the keys
+    if args.json:
+        _print_json(public)
+        return 0
+    for k in ("node", "kind", "zone", "site", "state", "hardware", "firmware", "gateway",
+              "enrolled_at", "last_seen"):
+        print(f"{k:<12} {public[k] if public[k] not in (None, '') else '-'}")
+    for key in node["keys"]:
+        print(f"key {key['key_id']:<8} {key['state']:<8} fingerprint {key['fingerprint']} "
+              f"since {key['created_at']}")
+    return 0
+
+
+def command_registry_state(args: argparse.Namespace) -> int:
+    with _open(args) as reg:
+        node = _call(reg.set_state, _node_arg(args.node), args.state)
+    print(f"{node['node']} is {node['state']}; issue new keyrings (`dordt fleet keyring "
+          "issue`) for its gateways to apply it")
+    return 0
+
+
+def command_registry_rotate_key(args: argparse.Namespace) -> int:
+    from fleet import rekey
+
+    node = _node_arg(args.node)
+    with _open(args, need_master_key=True) as reg:
+        if args.finish:
+            key_id = _call(reg.finish_rotation, node)
+            print(f"{node}: key {key_id} is now its only key; issue new keyrings (`dordt "
+                  "fleet keyring issue`) so gateways stop accepting the old one")
+            return 0
+        current = next(k["key_id"] for k in _call(reg.node, node)["keys"]
+                       if k["state"] == "current")
+        out = Path(args.rekey_out) if args.rekey_out else None
+        if out is not None and out.exists():
+            raise UserError(f"{out} exists already; give a new file for the rekey file", 2)
+        new_id, new_key = _call(reg.rotate_key, node)
+        doc = rekey.wrap(node, current, reg.node_key(node, current), new_id, new_key)
+        out = out or Path(f"rekey-{node}-{new_id}.json")
+        rekey.save(doc, out)
+    print(f"{node}: new key {new_id} beside key {current}; the rekey file {out} takes it to "
+          "the node (sealed under its current key). Issue new keyrings now (they carry both "
+          f"keys), and once the node sends under key {new_id}: rotate-key {node} --finish")
+    return 0
+
+
+def command_registry_backup(args: argparse.Namespace) -> int:
+    with _open(args) as reg:
+        dest = _call(reg.backup, args.dest)
+    print(f"backed up the registry to {dest} (keys stay sealed; keep the master key apart)")
+    return 0
+
+
+# -- gateways -----------------------------------------------------------------------------
+
+
+def command_gateway_add(args: argparse.Namespace) -> int:
+    pub = None
+    if args.keyring_pub:
+        try:
+            pub = Path(args.keyring_pub).read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"{args.keyring_pub}: cannot read the gateway's keyring key "
+                            f"({getattr(exc, 'strerror', None) or 'not text'})", 2) from None
+    with _open(args) as reg:
+        gw = _call(reg.add_gateway, args.name, args.zone, pub)
+    print(f"added gateway {gw['name']} ({gw['zone']})"
+          + ("" if pub else "; give it a keyring key before issuing keyrings"))
+    return 0
+
+
+def command_gateway_ls(args: argparse.Namespace) -> int:
+    with _open(args) as reg:
+        gateways = reg.gateways()
+    if args.json:
+        _print_json(gateways)
+        return 0
+    if not gateways:
+        print("no gateways; add one with `dordt fleet gateway add`")
+    for g in gateways:
+        print(f"{g['name']:<20} {g['zone']:<14} {g['state']:<8} keyring serial "
+              f"{g['keyring_serial']} ({g['keyring_issued_at'] or 'never issued'}) last seen "
+              f"{g['last_seen'] or '-'}")
+    return 0
+
+
+def command_gateway_assign(args: argparse.Namespace) -> int:
+    with _open(args) as reg:
+        _call(reg.assign, _node_arg(args.node), args.name)
+    print(f"{args.node} is served by {args.name or 'its zone gateways'}")
+    return 0
+
+
+# -- keyrings -----------------------------------------------------------------------------
+
+
+def command_signer_init(args: argparse.Namespace) -> int:
+    from fleet.keyring_file import init_signer
+
+    private, public = _call(init_signer, Path(args.dir))
+    print(f"keyring-signing key: {private} (private: keep it with the fleet); copy {public} "
+          "to every gateway ([gateway] keyring_signer)")
+    return 0
+
+
+def command_keyring_issue(args: argparse.Namespace) -> int:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from fleet.files import write_file_atomic
+    from fleet.keyring_file import load_private
+
+    signer = _call(load_private, Path(args.signer_key), Ed25519PrivateKey)
+    with _open(args, need_master_key=True) as reg:
+        data, serial = _call(reg.issue_keyring, args.gateway, signer)
+        nodes = len(reg.keyring(args.gateway))
+    # sealed to the gateway: no secret readable in it, but no reason to share it either
+    write_file_atomic(Path(args.out), data, 0o600)
+    print(f"keyring serial {serial} for gateway {args.gateway}: {nodes} node(s), written to "
+          f"{args.out}; copy it over the gateway's [gateway] keyring file")
+    return 0
+
+
+def command_keyring_export(args: argparse.Namespace) -> int:
+    with _open(args, need_master_key=True) as reg:
+        ring = _call(reg.keyring, args.gateway)
+    ring.save(args.out)
+    print(f"wrote {len(ring)} node(s) to {args.out} (0600: it holds node keys in the clear)")
+    return 0
