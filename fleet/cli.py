@@ -46,6 +46,9 @@ def register(groups) -> None:
     revoke.add_argument("--node", required=True)
     revoke.set_defaults(handler=command_revoke)
     _register_ca(sub)
+    from fleet import cli_registry  # registry | gateway | keyring (fleet/registry.py)
+
+    cli_registry.register(sub)
 
 
 def _register_ca(sub) -> None:
