@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from dordt.errors import UserError
+from fleet import cli_rollout
 
 
 def register(groups) -> None:
@@ -49,6 +50,7 @@ def register(groups) -> None:
     from fleet import cli_registry  # registry | gateway | keyring (fleet/registry.py)
 
     cli_registry.register(sub)
+    cli_rollout.register(sub)  # dordt fleet release publish | rollout | step | ... | halt
 
 
 def _register_ca(sub) -> None:

@@ -372,21 +372,23 @@ def read_local(path: str | Path, start_s: int, end_s: int) -> list[StoredReading
     return list(grouped.values())
 
 
-def read_victoriametrics(url: str, start_s: int, end_s: int,
-                         timeout_s: float = 30) -> list[StoredReading]:
-    """Every dordt point in [start_s, end_s] through VictoriaMetrics' /api/v1/export."""
+def read_victoriametrics(url: str, start_s: int, end_s: int, timeout_s: float = 30,
+                         measurements: tuple[str, ...] = _MEASUREMENTS) -> list[StoredReading]:
+    """Every dordt point in [start_s, end_s] through VictoriaMetrics' /api/v1/export (of
+    `measurements`: by default readings, status and provenance)."""
     import urllib.parse
     import urllib.request
 
-    match = '{__name__=~"(' + "|".join(_MEASUREMENTS) + ')_.*"}'
+    match = '{__name__=~"(' + "|".join(measurements) + ')_.*"}'
     query = urllib.parse.urlencode({"match[]": match, "start": start_s, "end": end_s})
     with urllib.request.urlopen(f"{url.rstrip('/')}/api/v1/export?{query}",
                                 timeout=timeout_s) as resp:
         body = resp.read()
-    return parse_victoriametrics_export(body)
+    return parse_victoriametrics_export(body, measurements)
 
 
-def parse_victoriametrics_export(body: bytes | str) -> list[StoredReading]:
+def parse_victoriametrics_export(body: bytes | str, measurements: tuple[str, ...] = _MEASUREMENTS
+                                 ) -> list[StoredReading]:
     """The points of a VictoriaMetrics /api/v1/export answer (one JSON series a line:
     {"metric": {labels}, "values": [...], "timestamps": [ms, ...]}), grouped into
     readings.  Raises ValueError naming the line for anything else."""
@@ -404,7 +406,7 @@ def parse_victoriametrics_export(body: bytes | str) -> list[StoredReading]:
             labels = {str(k): str(v) for k, v in dict(series["metric"]).items()}
             name = labels.pop("__name__")
             labels.pop("db", None)
-            measurement = next((m for m in _MEASUREMENTS if name.startswith(m + "_")), None)
+            measurement = next((m for m in measurements if name.startswith(m + "_")), None)
             if measurement is None:
                 continue  # not a dordt series: the match[] filter let it through
             field_name = name[len(measurement) + 1:]

@@ -1,0 +1,399 @@
+"""Staged rollout of firmware releases: publish, rollout, step, halt, status.
+
+Evidence comes from a real store: node_status frames signed by simulated nodes go
+through the gateway's own pipeline (verify, anonymise, outbox, forwarder) into the
+sqlite local store or VictoriaMetrics, and the gateway's `ota` points through its outbox,
+as the gateway's OTA server records them (docs/ota.md §3).  Time is injected: a rollout
+of hours runs in milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from dordt.cli import main as dordt_main
+from firmware import protocol
+from fleet.registry import Registry
+from fleet.rollout import (
+    OTA_STATES,
+    RolloutBook,
+    RolloutError,
+    Rollouts,
+    RolloutSettings,
+    StatusSample,
+    StoreEvidence,
+    _error_rise,
+    fleet_nodes,
+    publish,
+    version_code,
+)
+from gateway.forward.influx import InfluxStore
+from gateway.forward.local import LocalStore
+from gateway.model import Envelope, Point
+from gateway.pipeline import Gateway
+from hardware.sites import NodePlacement
+from simulators.fleet import SimNode
+from tests.data import PASSTHROUGH
+from tests.fleet.release_fixture import make_release, write_public_key
+
+T0 = 1_790_000_000
+OLD = version_code("0.1.0")
+NEW = version_code("1.2.0")
+# spoorzone: a canary and two more; maasterras: two; gateways one per zone
+NODES = {
+    "00020001": ("air", "spoorzone", "spz-01"),
+    "00020002": ("air", "spoorzone", "spz-02"),
+    "00020003": ("noise", "spoorzone", "spz-03"),
+    "00020004": ("air", "maasterras", "mst-01"),
+    "00020005": ("crowd", "maasterras", "mst-02"),
+}
+GATEWAYS = {"gw-spz": "spoorzone", "gw-mst": "maasterras"}
+
+
+# -- the fleet, the gateway and the store ---------------------------------------------------
+
+
+def make_registry(path: Path) -> Registry:
+    reg = Registry.open(path, create=True)
+    with reg.db:
+        for number, zone in enumerate(("spoorzone", "maasterras", "spuiboulevard"), 1):
+            reg.db.execute("INSERT INTO zones VALUES (?, ?, ?)", (zone, number, zone.title()))
+        for _kind, zone, site in NODES.values():
+            reg.db.execute("INSERT OR IGNORE INTO sites VALUES (?, ?, 51.8, 4.67, "
+                           "'air,noise,crowd')", (site, zone))
+        for name, zone in GATEWAYS.items():
+            reg.db.execute("INSERT INTO gateways (name, zone, added_at) VALUES (?, ?, "
+                           "'2026-01-01T00:00:00Z')", (name, zone))
+        for node, (kind, zone, site) in NODES.items():
+            reg.db.execute("INSERT INTO nodes (node, kind, zone, site, hardware, firmware, "
+                           "enrolled_at) VALUES (?, ?, ?, ?, 'esp32-s3-devkitc-1', '0.1.0', "
+                           "'2026-01-01T00:00:00Z')", (node, kind, zone, site))
+    return reg
+
+
+class Field:
+    """The nodes and a gateway writing their signed status frames and `ota` points to a
+    store through its own pipeline."""
+
+    def __init__(self, store, data_dir: Path):
+        from fleet.keyring import Keyring, NodeEntry
+
+        self.nodes = {node: SimNode(NodePlacement(int(node, 16), kind, zone, site), seed=3)
+                      for node, (kind, zone, site) in NODES.items()}
+        ring = Keyring([NodeEntry(n.node_id, n.placement.kind, n.placement.zone,
+                                  n.placement.site, {0: n.key}) for n in self.nodes.values()])
+        self.gateway = Gateway(ring, store, data_dir, gateway_id="gw-spz",
+                               policy_path=PASSTHROUGH)
+
+    def status(self, node: str, t: int, firmware: int, errors: int = 0) -> None:
+        sim = self.nodes[node]
+        frame = sim.encode({"uptime_s": 60, "firmware_version": firmware,
+                            "error_count": errors}, t, 10, protocol.FLAG_STATUS)
+        results = self.gateway.process([Envelope("mqtt", sim.topic, frame, t)])
+        assert all(type(r).__name__ == "Reading" for r in results), results
+        self._drain()
+
+    def ota(self, node: str, t: int, serial: int, state: str) -> None:
+        zone = NODES[node][1]
+        self.gateway.outbox.add_point(Point(
+            "ota", {"zone": zone, "node": node, "gateway": "gw-spz"},
+            {"serial": float(serial), "state": float(OTA_STATES[state]),
+             "version": float(NEW)}, t))
+        self._drain()
+
+    def _drain(self) -> None:
+        while self.gateway.forwarder.drain_once():
+            pass
+
+    def close(self) -> None:
+        self.gateway.stop(drain_timeout_s=1)
+
+
+@pytest.fixture
+def key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+@pytest.fixture
+def fleet(tmp_path, key):
+    """Registry with release 7 (1.2.0) published, a local store, offers directory."""
+    reg = make_registry(tmp_path / "fleet.sqlite")
+    write_public_key(tmp_path / "release.pub", key)
+    book = RolloutBook(reg.db)
+    publish(book, make_release(tmp_path / "r7", key, 7), load_key(tmp_path), tmp_path /
+            "releases", T0 - 100)
+    store_path = tmp_path / "store.sqlite"
+    field = Field(LocalStore(store_path), tmp_path / "gw")
+    rollouts = Rollouts(book, tmp_path / "offers", StoreEvidence(f"sqlite:{store_path}"))
+    yield reg, field, rollouts, tmp_path
+    field.close()
+    reg.close()
+
+
+def load_key(tmp_path):
+    from fleet.rollout import load_public_key
+
+    return load_public_key(tmp_path / "release.pub")
+
+
+def offers(tmp_path: Path) -> dict[str, list[str]]:
+    """gateway -> the nodes its offers file names (for release 7)."""
+    out = {}
+    for path in sorted((tmp_path / "offers").glob("*/offers.json")):
+        doc = json.loads(path.read_text())
+        assert doc["format"] == "dordt-ota-offers" and doc["version"] == 1
+        out[path.parent.name] = [o["node"] for o in doc["offers"] if o["serial"] == 7]
+    return out
+
+
+def start(reg, rollouts, **kw):
+    kw.setdefault("canaries", ["00020001"])
+    settings = RolloutSettings(canary_timeout_s=600, stage_timeout_s=1800,
+                               max_error_rise=kw.pop("max_error_rise", 3))
+    return rollouts.start(7, fleet_nodes(reg), T0, settings=settings,
+                          store_spec="sqlite:x", **kw)
+
+
+# -- the stages --------------------------------------------------------------------------------
+
+
+def test_canaries_confirm_then_one_zone_then_all_zones(fleet):
+    reg, field, rollouts, tmp = fleet
+    for node in NODES:
+        field.status(node, T0 - 50, OLD, errors=2)
+    result = start(reg, rollouts)
+    assert result.stage_name == "canary" and "00020001" in result.line
+    assert offers(tmp) == {"gw-spz": ["00020001"], "gw-mst": []}
+
+    field.ota("00020001", T0 + 20, 7, "downloading")
+    assert rollouts.step(7, T0 + 30).waiting == ("00020001",)
+    field.status("00020001", T0 + 100, NEW, errors=0)  # restarted into 1.2.0
+    result = rollouts.step(7, T0 + 110)
+    assert result.state == "running" and result.stage_name == "zone spoorzone"
+    assert offers(tmp) == {"gw-spz": ["00020002", "00020003"], "gw-mst": []}
+
+    field.status("00020002", T0 + 200, NEW)
+    assert rollouts.step(7, T0 + 210).waiting == ("00020003",)
+    assert offers(tmp) == {"gw-spz": ["00020003"], "gw-mst": []}
+    field.status("00020003", T0 + 220, NEW, errors=1)
+    result = rollouts.step(7, T0 + 230)
+    assert result.stage_name == "zones maasterras"
+    assert offers(tmp) == {"gw-spz": [], "gw-mst": ["00020004", "00020005"]}
+
+    field.status("00020004", T0 + 300, NEW)
+    field.status("00020005", T0 + 310, NEW)
+    result = rollouts.step(7, T0 + 320)
+    assert result.state == "done" and "every node confirmed" in result.line
+    assert offers(tmp) == {"gw-spz": [], "gw-mst": []}
+    doc = rollouts.status(7)["rollout"]
+    assert doc["nodes_by_state"] == {"confirmed": 5}
+
+
+def test_a_canary_that_never_confirms_halts_before_the_rest_of_its_zone(fleet):
+    reg, field, rollouts, tmp = fleet
+    seen: dict[str, set] = {}
+
+    def look():
+        for gw, nodes in offers(tmp).items():
+            seen.setdefault(gw, set()).update(nodes)
+
+    start(reg, rollouts, canaries=["00020002"])
+    look()
+    for t in range(T0 + 60, T0 + 600, 60):  # it keeps running the old release
+        field.status("00020002", t, OLD)
+        field.ota("00020002", t, 7, "downloading")
+        assert rollouts.step(7, t).state == "running"
+        look()
+    result = rollouts.step(7, T0 + 600)
+    look()
+    assert result.state == "halted"
+    assert "00020002 did not confirm 1.2.0 within 600 s" in result.line
+    assert "withdrawn from 1 node(s)" in result.line and "4 never offered" in result.line
+    assert "\n" not in result.line
+    assert seen == {"gw-spz": {"00020002"}, "gw-mst": set()}  # never the rest of the zone
+    assert offers(tmp) == {"gw-spz": [], "gw-mst": []}
+    states = {n["node"]: n["state"] for n in rollouts.status(7)["rollout"]["nodes"]}
+    assert states == {"00020002": "withdrawn", "00020001": "planned", "00020003": "planned",
+                      "00020004": "planned", "00020005": "planned"}
+    # a step after the halt changes nothing
+    field.status("00020002", T0 + 700, NEW)
+    assert rollouts.step(7, T0 + 710).state == "halted"
+    assert offers(tmp) == {"gw-spz": [], "gw-mst": []}
+
+
+def test_a_canary_whose_error_count_rises_halts_the_rollout(fleet):
+    reg, field, rollouts, tmp = fleet
+    field.status("00020001", T0 - 30, OLD, errors=10)
+    start(reg, rollouts, max_error_rise=3)
+    field.status("00020001", T0 + 60, NEW, errors=0)  # restarted: counter from 0
+    assert rollouts.step(7, T0 + 70).stage_name == "zone spoorzone"
+    # the zone is updating when the canary's errors climb
+    field.status("00020001", T0 + 120, NEW, errors=2)
+    assert rollouts.step(7, T0 + 130).state == "running"
+    field.status("00020001", T0 + 180, NEW, errors=4)
+    result = rollouts.step(7, T0 + 190)
+    assert result.state == "halted"
+    assert "canary 00020001's error_count rose by 4 (limit 3)" in result.line
+    assert offers(tmp) == {"gw-spz": [], "gw-mst": []}
+
+
+def test_a_node_reporting_rolled_back_halts_at_once(fleet):
+    reg, field, rollouts, tmp = fleet
+    start(reg, rollouts)
+    field.ota("00020001", T0 + 40, 6, "failed")  # another release's failure does not count
+    assert rollouts.step(7, T0 + 50).state == "running"
+    field.ota("00020001", T0 + 90, 7, "rolled_back")
+    result = rollouts.step(7, T0 + 100)
+    assert result.state == "halted" and "canary 00020001 reported rolled_back" in result.line
+
+
+def test_error_rise_counts_across_counter_resets():
+    def samples(*counts):
+        return [StatusSample(i, NEW, c) for i, c in enumerate(counts)]
+
+    assert _error_rise(5, samples()) == 0
+    assert _error_rise(5, samples(5, 6, 8)) == 3
+    assert _error_rise(5, samples(0, 2)) == 2  # restarted at the switch
+    assert _error_rise(5, samples(7, 1, 3)) == 2 + 1 + 2
+    assert _error_rise(None, samples(4)) == 4
+
+
+def test_plans_refuse_what_cannot_be_rolled_out(fleet):
+    reg, _field, rollouts, _tmp = fleet
+    with pytest.raises(RolloutError, match="canary 'ffffffff' is no active node"):
+        start(reg, rollouts, canaries=["ffffffff"])
+    with pytest.raises(RolloutError, match="release 9 is not published"):
+        rollouts.start(9, fleet_nodes(reg), T0)
+    with pytest.raises(RolloutError, match="--canary-timeout 0"):
+        rollouts.start(7, fleet_nodes(reg), T0, settings=RolloutSettings(canary_timeout_s=0))
+    start(reg, rollouts, zones=["spoorzone"])
+    with pytest.raises(RolloutError, match="rolled out already"):
+        start(reg, rollouts)
+    # --zones spoorzone: maasterras is not part of it
+    assert all(n["zone"] == "spoorzone" for n in rollouts.status(7)["rollout"]["nodes"])
+
+
+# -- the command line ----------------------------------------------------------------------
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    code = dordt_main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_publish_refuses_a_bad_signature_a_changed_file_and_a_used_serial(
+        tmp_path, key, capsys):
+    make_registry(tmp_path / "fleet.sqlite").close()
+    write_public_key(tmp_path / "release.pub", key)
+    reg = ["--registry", str(tmp_path / "fleet.sqlite")]
+
+    other = make_release(tmp_path / "other", Ed25519PrivateKey.generate(), 7)
+    code, out, err = run(capsys, "fleet", "release", "publish", str(other), *reg)
+    assert code == 1 and "signature does not verify" in err and "Traceback" not in err
+
+    changed = make_release(tmp_path / "changed", key, 7)
+    f = changed / "files" / "firmware" / "node.mpy"
+    f.write_bytes(f.read_bytes()[:-1] + b"X")
+    code, out, err = run(capsys, "fleet", "release", "publish", str(changed), *reg)
+    assert code == 1 and "files/firmware/node.mpy is not the file release.json names" in err
+
+    good = make_release(tmp_path / "good", key, 7)
+    code, out, err = run(capsys, "fleet", "release", "publish", str(good), *reg)
+    assert code == 0 and "published release 7 (1.2.0" in out
+    stored = tmp_path / "releases" / "7"
+    assert (stored / "release.json").read_bytes() == (good / "release.json").read_bytes()
+    assert (stored / "files" / "firmware" / "protocol.mpy").is_file()
+
+    again = make_release(tmp_path / "again", key, 7, version="1.2.1")
+    code, out, err = run(capsys, "fleet", "release", "publish", str(again), *reg)
+    assert code == 1 and "serial 7 is already used by release 1.2.0" in err
+    lower = make_release(tmp_path / "lower", key, 5, version="1.2.1")
+    code, out, err = run(capsys, "fleet", "release", "publish", str(lower), *reg)
+    assert code == 1 and "below the last published serial 7" in err
+    assert not (tmp_path / "releases" / "5").exists()
+
+    code, out, err = run(capsys, "fleet", "release", "status", "--json", *reg)
+    assert code == 0
+    assert [r["serial"] for r in json.loads(out)["releases"]] == [7]
+
+
+def test_cli_rollout_status_json_and_halt_withdraws_offers(tmp_path, key, capsys):
+    make_registry(tmp_path / "fleet.sqlite").close()
+    write_public_key(tmp_path / "release.pub", key)
+    reg = ["--registry", str(tmp_path / "fleet.sqlite")]
+    store = tmp_path / "store.sqlite"
+    LocalStore(store).close()
+    assert run(capsys, "fleet", "release", "publish", str(make_release(tmp_path / "r", key, 7)),
+               *reg)[0] == 0
+    code, out, err = run(capsys, "fleet", "release", "rollout", "7", "--store", f"sqlite:{store}",
+                         "--canary", "00020001,00020004", "--canary-timeout", "900", *reg)
+    assert code == 0, err
+    assert offers(tmp_path) == {"gw-spz": ["00020001"], "gw-mst": ["00020004"]}
+
+    code, out, err = run(capsys, "fleet", "release", "step", "7", *reg)
+    assert code == 0 and "waiting for 2 node(s)" in out
+
+    code, out, err = run(capsys, "fleet", "release", "status", "7", "--json", *reg)
+    doc = json.loads(out)
+    assert doc["release"]["version"] == "1.2.0" and doc["release"]["serial"] == 7
+    r = doc["rollout"]
+    assert r["state"] == "running" and r["stage_name"] == "canary"
+    assert r["stages"] == ["canary", "zone spoorzone", "zones maasterras"]
+    assert r["canary_timeout_s"] == 900 and r["nodes_by_state"] == {"offered": 2,
+                                                                     "planned": 3}
+    assert {n["node"]: n["gateways"] for n in r["nodes"]}["00020004"] == ["gw-mst"]
+
+    code, out, err = run(capsys, "fleet", "release", "halt", "7", *reg)
+    assert code == 0 and "release 7 HALTED: halted by the operator" in out
+    assert offers(tmp_path) == {"gw-spz": [], "gw-mst": []}
+    code, out, err = run(capsys, "fleet", "release", "step", "7", *reg)
+    assert code == 1 and "halted" in out
+    code, out, err = run(capsys, "fleet", "release", "status", *reg)
+    assert code == 0 and "halted: halted by the operator" in out
+
+    code, out, err = run(capsys, "fleet", "release", "halt", "8", *reg)
+    assert code == 2 and "release 8 has no rollout" in err
+    code, out, err = run(capsys, "fleet", "release", "rollout", "7", "--store", "sqlite:x.db",
+                         "--canary", "XYZ", *reg)
+    assert code == 2 and "'XYZ' is not a node id" in err
+
+
+# -- VictoriaMetrics ---------------------------------------------------------------------------
+
+
+@pytest.mark.services
+def test_rollout_reads_its_evidence_from_victoriametrics(tmp_path, key, victoriametrics):
+    vm = victoriametrics
+    t0 = int(time.time()) - 1800  # inside VictoriaMetrics' retention
+    reg = make_registry(tmp_path / "fleet.sqlite")
+    write_public_key(tmp_path / "release.pub", key)
+    book = RolloutBook(reg.db)
+    publish(book, make_release(tmp_path / "r7", key, 7), load_key(tmp_path),
+            tmp_path / "releases", t0)
+    field = Field(InfluxStore(vm.url), tmp_path / "gw")
+    try:
+        rollouts = Rollouts(book, tmp_path / "offers", StoreEvidence(vm.url))
+        field.status("00020001", t0 - 20, OLD, errors=1)
+        vm.flush()
+        rollouts.start(7, fleet_nodes(reg), t0, canaries=["00020001"], store_spec=vm.url,
+                       settings=RolloutSettings(canary_timeout_s=600, max_error_rise=2))
+        assert book.nodes(7)[0]["baseline_errors"] == 1
+        field.ota("00020001", t0 + 10, 7, "staged")
+        field.status("00020001", t0 + 60, NEW, errors=0)
+        vm.flush()
+        assert rollouts.step(7, t0 + 70).stage_name == "zone spoorzone"
+        assert offers(tmp_path)["gw-spz"] == ["00020002", "00020003"]
+        field.ota("00020003", t0 + 80, 7, "refused")
+        vm.flush()
+        result = rollouts.step(7, t0 + 90)
+        assert result.state == "halted" and "node 00020003 reported refused" in result.line
+        assert offers(tmp_path) == {"gw-spz": [], "gw-mst": []}
+    finally:
+        field.close()
+        reg.close()
