@@ -51,6 +51,9 @@ def register(groups) -> None:
 
     cli_registry.register(sub)
     cli_rollout.register(sub)  # dordt fleet release publish | rollout | step | ... | halt
+    from fleet import cli_balena  # dordt fleet balena link | sync | status | pin | rollout
+
+    cli_balena.register(sub)
 
 
 def _register_ca(sub) -> None:
