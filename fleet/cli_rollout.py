@@ -153,6 +153,16 @@ def _rollouts(registry, serial: int | None = None, offers: str | None = None,
     return Rollouts(book, offers or ".", evidence)
 
 
+def _absolute_store(spec: str) -> str:
+    spec = spec.strip()
+    if spec.startswith(("http://", "https://")):
+        return spec
+    path = spec.removeprefix("sqlite:").removeprefix("//")
+    if not path:
+        raise UserError(f"--store {spec!r}: give sqlite:PATH or http://HOST:PORT", EXIT_CONFIG)
+    return f"sqlite:{Path(path).resolve()}"
+
+
 def _exit(result) -> int:
     return EXIT_FAILED if result.state == "halted" else 0
 
@@ -180,7 +190,10 @@ def command_rollout(args: argparse.Namespace) -> int:
 
     canaries = _call(node_id_list, args.canary)
     zones = [z.strip() for z in args.zones.split(",") if z.strip()]
-    offers = args.offers or str(_beside_registry(args, "offers"))
+    # recorded as absolute paths: `step` may run from cron, in another directory
+    offers = str(Path(args.offers).resolve()) if args.offers \
+        else str(_beside_registry(args, "offers"))
+    store = _absolute_store(args.store)
     settings = RolloutSettings(args.canary_timeout, args.stage_timeout, args.max_error_rise)
     with open_from_args(args) as registry:
         known = {z for (z,) in registry.db.execute("SELECT zone FROM zones")}
@@ -188,9 +201,9 @@ def command_rollout(args: argparse.Namespace) -> int:
         if unknown:
             raise UserError(f"--zones: {unknown[0]!r} is not a zone of the registry (zones: "
                             f"{', '.join(sorted(known)) or 'none'})", EXIT_CONFIG)
-        rollouts = _rollouts(registry, offers=offers, store=args.store)
+        rollouts = _rollouts(registry, offers=offers, store=store)
         result = _call(rollouts.start, args.serial, fleet_nodes(registry), time.time(),
-                       canaries, zones, settings, args.store)
+                       canaries, zones, settings, store)
     print(result.line)
     return 0
 

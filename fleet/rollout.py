@@ -626,7 +626,7 @@ class Rollouts:
                                "publish DIR` first (`release status` lists published ones)")
         if self.book.rollout(serial) is not None:
             raise RolloutError(f"release {serial} has been rolled out already (see `dordt "
-                               "fleet release status {serial}`); a halted release stays "
+                               f"fleet release status {serial}`); a halted release stays "
                                "halted: publish a fixed one with a new serial")
         running = self.book.rollouts("running")
         if running:
@@ -636,6 +636,10 @@ class Rollouts:
         plan = plan_rollout(release, nodes, canaries, zones)
         now = int(now_s)
         stages = [name for name, _ in plan.stages]
+        members = plan.stages[0][1]
+        # the store is read before anything is recorded: a store that cannot be read leaves
+        # no half-started rollout behind
+        baselines = self._baselines([n.node for n in members], now)
         with self.book.db:
             self.book.db.execute(
                 "INSERT INTO rollouts (serial, state, stage, stages, canary_timeout_s, "
@@ -652,8 +656,8 @@ class Rollouts:
             self._event(serial, now, f"started: {len(plan.nodes)} node(s) in "
                         f"{len(stages)} stage(s) ({'; '.join(stages)}); "
                         f"{len(plan.skipped)} left out")
-        self._offer_stage(serial, 0, now)
-        members = plan.stages[0][1]
+            self._mark_offered(serial, 0, [n.node for n in members], baselines, now)
+        self.write_offers(serial, now)
         return StepResult(serial, "running", 0, STAGE_CANARY,
                           f"release {serial} ({release.version}) offered to "
                           f"{len(members)} canary node(s): "
@@ -663,17 +667,22 @@ class Rollouts:
                              "for them)" if plan.skipped else ""))
 
     def _offer_stage(self, serial: int, stage: int, now: int) -> None:
-        members = [n for n in self.book.nodes(serial) if n["stage"] == stage]
-        baselines = self._baselines([n["node"] for n in members], now)
+        members = [n["node"] for n in self.book.nodes(serial) if n["stage"] == stage]
+        baselines = self._baselines(members, now)
         with self.book.db:
-            self.book.db.executemany(
-                "UPDATE rollout_nodes SET state = 'offered', offered_s = ?, baseline_errors = ? "
-                "WHERE serial = ? AND node = ?",
-                [(now, baselines.get(n["node"]), serial, n["node"]) for n in members])
-            self.book.db.execute(
-                "UPDATE rollouts SET stage = ?, stage_started_s = ?, updated_s = ? "
-                "WHERE serial = ?", (stage, now, now, serial))
+            self._mark_offered(serial, stage, members, baselines, now)
         self.write_offers(serial, now)
+
+    def _mark_offered(self, serial: int, stage: int, members: list[str],
+                      baselines: dict[str, int], now: int) -> None:
+        """In the caller's transaction: the stage's nodes are offered from now on."""
+        self.book.db.executemany(
+            "UPDATE rollout_nodes SET state = 'offered', offered_s = ?, baseline_errors = ? "
+            "WHERE serial = ? AND node = ?",
+            [(now, baselines.get(node), serial, node) for node in members])
+        self.book.db.execute(
+            "UPDATE rollouts SET stage = ?, stage_started_s = ?, updated_s = ? "
+            "WHERE serial = ?", (stage, now, now, serial))
 
     def _baselines(self, nodes: list[str], now: int) -> dict[str, int]:
         """Each node's newest error_count before its offer (the rise is counted from it)."""
@@ -748,6 +757,9 @@ class Rollouts:
                 self.book.db.executemany(
                     "UPDATE rollout_nodes SET state = 'confirmed', confirmed_s = ? "
                     "WHERE serial = ? AND node = ?", [(now, serial, n) for n in confirmed])
+                # the registry's record of what each node runs (fleet/registry.py, nodes)
+                self.book.db.executemany("UPDATE nodes SET firmware = ? WHERE node = ?",
+                                         [(release.version, n) for n in confirmed])
                 self._event(serial, now, f"confirmed: {', '.join(confirmed)}")
         name = r["stages"][stage]
         who = "canary" if stage == 0 else "node"
@@ -758,8 +770,7 @@ class Rollouts:
             if now - r["stage_started_s"] >= timeout:
                 return self._halt(serial, now, f"stage {name}: {who}(s) {', '.join(waiting)} "
                                   f"did not confirm {release.version} within {timeout} s")
-            if confirmed:
-                self.write_offers(serial, now)
+            self.write_offers(serial, now)  # also repairs a file a crash left behind
             left = timeout - (now - r["stage_started_s"])
             return self._result(self._rollout(serial),
                                 f"release {serial}: stage {name}: waiting for "

@@ -21,6 +21,8 @@ from firmware import protocol
 from fleet.registry import Registry
 from fleet.rollout import (
     OTA_STATES,
+    FleetNode,
+    Release,
     RolloutBook,
     RolloutError,
     Rollouts,
@@ -29,6 +31,7 @@ from fleet.rollout import (
     StoreEvidence,
     _error_rise,
     fleet_nodes,
+    plan_rollout,
     publish,
     version_code,
 )
@@ -38,10 +41,13 @@ from gateway.model import Envelope, Point
 from gateway.pipeline import Gateway
 from hardware.sites import NodePlacement
 from simulators.fleet import SimNode
+from simulators.framegen import sim_key
 from tests.data import PASSTHROUGH
 from tests.fleet.release_fixture import make_release, write_public_key
 
 T0 = 1_790_000_000
+SEED = 3
+MASTER_KEY = bytes(range(32))
 OLD = version_code("0.1.0")
 NEW = version_code("1.2.0")
 # spoorzone: a canary and two more; maasterras: two; gateways one per zone
@@ -59,20 +65,15 @@ GATEWAYS = {"gw-spz": "spoorzone", "gw-mst": "maasterras"}
 
 
 def make_registry(path: Path) -> Registry:
-    reg = Registry.open(path, create=True)
-    with reg.db:
-        for number, zone in enumerate(("spoorzone", "maasterras", "spuiboulevard"), 1):
-            reg.db.execute("INSERT INTO zones VALUES (?, ?, ?)", (zone, number, zone.title()))
-        for _kind, zone, site in NODES.values():
-            reg.db.execute("INSERT OR IGNORE INTO sites VALUES (?, ?, 51.8, 4.67, "
-                           "'air,noise,crowd')", (site, zone))
-        for name, zone in GATEWAYS.items():
-            reg.db.execute("INSERT INTO gateways (name, zone, added_at) VALUES (?, ?, "
-                           "'2026-01-01T00:00:00Z')", (name, zone))
-        for node, (kind, zone, site) in NODES.items():
-            reg.db.execute("INSERT INTO nodes (node, kind, zone, site, hardware, firmware, "
-                           "enrolled_at) VALUES (?, ?, ?, ?, 'esp32-s3-devkitc-1', '0.1.0', "
-                           "'2026-01-01T00:00:00Z')", (node, kind, zone, site))
+    """The registry's own calls: zones from the zones file, gateways, nodes whose keys are
+    the simulated nodes' keys (so the gateway's keyring comes from the registry)."""
+    reg = Registry.open(path, MASTER_KEY, create=True)
+    reg.sync_zones()
+    for name, zone in GATEWAYS.items():
+        reg.add_gateway(name, zone)
+    for node, (kind, zone, site) in NODES.items():
+        reg.add_node(node, kind, zone, site, sim_key(SEED, int(node, 16)),
+                     hardware="esp32-s3-devkitc-1", firmware="0.1.0")
     return reg
 
 
@@ -80,14 +81,11 @@ class Field:
     """The nodes and a gateway writing their signed status frames and `ota` points to a
     store through its own pipeline."""
 
-    def __init__(self, store, data_dir: Path):
-        from fleet.keyring import Keyring, NodeEntry
-
-        self.nodes = {node: SimNode(NodePlacement(int(node, 16), kind, zone, site), seed=3)
+    def __init__(self, registry: Registry, store, data_dir: Path):
+        self.nodes = {node: SimNode(NodePlacement(int(node, 16), kind, zone, site), seed=SEED)
                       for node, (kind, zone, site) in NODES.items()}
-        ring = Keyring([NodeEntry(n.node_id, n.placement.kind, n.placement.zone,
-                                  n.placement.site, {0: n.key}) for n in self.nodes.values()])
-        self.gateway = Gateway(ring, store, data_dir, gateway_id="gw-spz",
+        # one gateway stands in for both: the store is the same, the points name gw-spz
+        self.gateway = Gateway(registry.keyring(), store, data_dir, gateway_id="gw-spz",
                                policy_path=PASSTHROUGH)
 
     def status(self, node: str, t: int, firmware: int, errors: int = 0) -> None:
@@ -128,7 +126,7 @@ def fleet(tmp_path, key):
     publish(book, make_release(tmp_path / "r7", key, 7), load_key(tmp_path), tmp_path /
             "releases", T0 - 100)
     store_path = tmp_path / "store.sqlite"
-    field = Field(LocalStore(store_path), tmp_path / "gw")
+    field = Field(reg, LocalStore(store_path), tmp_path / "gw")
     rollouts = Rollouts(book, tmp_path / "offers", StoreEvidence(f"sqlite:{store_path}"))
     yield reg, field, rollouts, tmp_path
     field.close()
@@ -278,6 +276,61 @@ def test_plans_refuse_what_cannot_be_rolled_out(fleet):
     assert all(n["zone"] == "spoorzone" for n in rollouts.status(7)["rollout"]["nodes"])
 
 
+def test_watch_steps_until_done_and_is_bounded(fleet):
+    reg, field, rollouts, tmp = fleet
+    start(reg, rollouts)
+    clock = [T0]
+    updated = []
+
+    def sleep(s):  # the nodes update while the operator waits
+        clock[0] += int(s)
+        for node in NODES:
+            if node not in updated:
+                field.status(node, clock[0], NEW)
+                updated.append(node)
+                break
+
+    seen = []
+    result = rollouts.watch(7, clock=lambda: clock[0], sleep=sleep, interval_s=60,
+                            max_steps=2, report=seen.append)
+    assert len(seen) == 2 and result.state == "running"  # bounded: stopped at 2 steps
+    result = rollouts.watch(7, clock=lambda: clock[0], sleep=sleep, interval_s=60,
+                            max_steps=50)
+    assert result.state == "done" and clock[0] < T0 + 60 * 50
+    assert reg.node("00020005")["firmware"] == "1.2.0"  # the registry knows what runs
+    with pytest.raises(RolloutError, match="--max-steps 0"):
+        rollouts.watch(7, max_steps=0)
+
+
+def test_a_plan_leaves_out_nodes_the_release_is_not_for():
+    release = Release(
+        7, "1.2.0", False, ("air", "noise"), ("pico-w",), "0.1.0", 1, 0, "x")
+    nodes = [FleetNode("00000001", "air", "maasterras", "pico-w", ("gw-m",)),
+             FleetNode("00000002", "air", "spoorzone", "pico-w", ("gw-s",)),
+             FleetNode("00000003", "crowd", "spoorzone", "pico-w", ("gw-s",)),
+             FleetNode("00000004", "noise", "spoorzone", "esp32-s3-devkitc-1", ("gw-s",)),
+             FleetNode("00000005", "noise", "spoorzone", None, ("gw-s",)),
+             FleetNode("00000006", "air", "spuiboulevard", "pico-w", ()),
+             FleetNode("00000007", "air", "spuiboulevard", "pico-w", ("gw-b", "gw-b2"))]
+    plan = plan_rollout(release, nodes)  # default canary: the first node of the first zone
+    assert [(name, [n.node for n in members]) for name, members in plan.stages] == [
+        ("canary", ["00000001"]), ("zones spoorzone, spuiboulevard",
+                                   ["00000002", "00000005", "00000007"])]
+    assert dict(plan.skipped) == {
+        "00000003": "the release is for kinds air, noise, the node is crowd",
+        "00000004": "the release is for boards pico-w, the node is esp32-s3-devkitc-1",
+        "00000006": "no active gateway serves it (its own or its zone's)"}
+    plan = plan_rollout(release, nodes, canaries=["00000002"], zones=["spoorzone",
+                                                                    "spuiboulevard"])
+    assert [name for name, _ in plan.stages] == ["canary", "zone spoorzone",
+                                                 "zones spuiboulevard"]
+    with pytest.raises(RolloutError, match="canary 00000003 cannot take release 7: the "
+                       "release is for kinds air, noise"):
+        plan_rollout(release, nodes, canaries=["00000003"])
+    with pytest.raises(RolloutError, match="not in --zones spoorzone"):
+        plan_rollout(release, nodes, canaries=["00000001"], zones=["spoorzone"])
+
+
 # -- the command line ----------------------------------------------------------------------
 
 
@@ -322,6 +375,14 @@ def test_cli_publish_refuses_a_bad_signature_a_changed_file_and_a_used_serial(
     assert code == 0
     assert [r["serial"] for r in json.loads(out)["releases"]] == [7]
 
+    code, out, err = run(capsys, "fleet", "release", "publish", str(tmp_path / "nothing"),
+                         *reg)
+    assert code == 1 and "not a release directory" in err
+    (tmp_path / "bad.pub").write_text("not a key\n")
+    code, out, err = run(capsys, "fleet", "release", "publish", str(good), *reg,
+                         "--public-key", str(tmp_path / "bad.pub"))
+    assert code == 1 and "not an Ed25519 public key" in err and "Traceback" not in err
+
 
 def test_cli_rollout_status_json_and_halt_withdraws_offers(tmp_path, key, capsys):
     make_registry(tmp_path / "fleet.sqlite").close()
@@ -357,11 +418,29 @@ def test_cli_rollout_status_json_and_halt_withdraws_offers(tmp_path, key, capsys
     code, out, err = run(capsys, "fleet", "release", "status", *reg)
     assert code == 0 and "halted: halted by the operator" in out
 
+    code, out, err = run(capsys, "fleet", "release", "watch", "7", "--max-steps", "3", *reg)
+    assert code == 1 and out.count("\n") == 1 and "the rollout is halted" in out
     code, out, err = run(capsys, "fleet", "release", "halt", "8", *reg)
     assert code == 2 and "release 8 has no rollout" in err
     code, out, err = run(capsys, "fleet", "release", "rollout", "7", "--store", "sqlite:x.db",
                          "--canary", "XYZ", *reg)
     assert code == 2 and "'XYZ' is not a node id" in err
+
+
+def test_cli_rollout_with_a_store_that_cannot_be_read_records_nothing(tmp_path, key, capsys):
+    make_registry(tmp_path / "fleet.sqlite").close()
+    write_public_key(tmp_path / "release.pub", key)
+    reg = ["--registry", str(tmp_path / "fleet.sqlite")]
+    assert run(capsys, "fleet", "release", "publish", str(make_release(tmp_path / "r", key, 7)),
+               *reg)[0] == 0
+    code, out, err = run(capsys, "fleet", "release", "rollout", "7", "--store",
+                         f"sqlite:{tmp_path / 'missing.sqlite'}", *reg)
+    assert code == 1 and "cannot read the store" in err and "nothing was changed" in err
+    code, out, err = run(capsys, "fleet", "release", "status", "7", *reg)
+    assert "not rolled out" in out and not (tmp_path / "offers").exists()
+    code, out, err = run(capsys, "fleet", "release", "rollout", "7", "--store", "sqlite:x.db",
+                         "--zones", "atlantis", *reg)
+    assert code == 2 and "'atlantis' is not a zone of the registry" in err
 
 
 # -- VictoriaMetrics ---------------------------------------------------------------------------
@@ -376,7 +455,7 @@ def test_rollout_reads_its_evidence_from_victoriametrics(tmp_path, key, victoria
     book = RolloutBook(reg.db)
     publish(book, make_release(tmp_path / "r7", key, 7), load_key(tmp_path),
             tmp_path / "releases", t0)
-    field = Field(InfluxStore(vm.url), tmp_path / "gw")
+    field = Field(reg, InfluxStore(vm.url), tmp_path / "gw")
     try:
         rollouts = Rollouts(book, tmp_path / "offers", StoreEvidence(vm.url))
         field.status("00020001", t0 - 20, OLD, errors=1)
