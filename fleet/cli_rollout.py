@@ -86,12 +86,14 @@ def register_release_commands(release_sub) -> None:
 
     step = release_sub.add_parser(
         "step", help="look at the evidence once: advance, halt, finish or wait (cron)")
-    step.add_argument("serial", type=int, metavar="SERIAL")
+    step.add_argument("serial", type=int, nargs="?", metavar="SERIAL",
+                      help="the release (default: the running rollout's)")
     add_registry_argument(step)
     step.set_defaults(handler=command_step)
 
     watch = release_sub.add_parser("watch", help="step until the rollout halts or is done")
-    watch.add_argument("serial", type=int, metavar="SERIAL")
+    watch.add_argument("serial", type=int, nargs="?", metavar="SERIAL",
+                       help="the release (default: the running rollout's)")
     add_registry_argument(watch)
     watch.add_argument("--interval", type=float, default=60.0, metavar="S",
                        help="seconds between steps (default 60)")
@@ -208,11 +210,24 @@ def command_rollout(args: argparse.Namespace) -> int:
     return 0
 
 
+def _running_serial(registry, serial: int | None) -> int | None:
+    from fleet.rollout import RolloutBook
+
+    if serial is not None:
+        return serial
+    running = RolloutBook(registry.db).rollouts("running")
+    return running[0]["serial"] if running else None
+
+
 def command_step(args: argparse.Namespace) -> int:
     from fleet.registry import open_from_args
 
     with open_from_args(args) as registry:
-        result = _call(_rollouts(registry, args.serial).step, args.serial, time.time())
+        serial = _running_serial(registry, args.serial)
+        if serial is None:
+            print("no rollout is running")
+            return 0
+        result = _call(_rollouts(registry, serial).step, serial, time.time())
     print(result.line)
     return _exit(result)
 
@@ -223,8 +238,12 @@ def command_watch(args: argparse.Namespace) -> int:
     if args.interval <= 0:
         raise UserError(f"--interval {args.interval}: give seconds, more than 0", EXIT_CONFIG)
     with open_from_args(args) as registry:
-        rollouts = _rollouts(registry, args.serial)
-        result = _call(rollouts.watch, args.serial, interval_s=args.interval,
+        serial = _running_serial(registry, args.serial)
+        if serial is None:
+            print("no rollout is running")
+            return 0
+        rollouts = _rollouts(registry, serial)
+        result = _call(rollouts.watch, serial, interval_s=args.interval,
                        max_steps=args.max_steps, report=lambda r: print(r.line, flush=True))
     return _exit(result)
 

@@ -702,13 +702,16 @@ class Rollouts:
     def write_offers(self, serial: int, now: int) -> list[Path]:
         """Rewrite the offers file of every gateway serving a node of the rollout, from the
         registry (so a file always says what the registry says, even after a crash
-        between the two: the next step or halt writes it again)."""
+        between the two: the next step or halt writes it again); a file whose offers are
+        already right is left as it is.  The paths written."""
         written = []
         for gateway in self.book.gateways(serial):
-            doc = {"format": OFFERS_FORMAT, "version": OFFERS_VERSION, "issued": now,
-                   "offers": [{"node": node, "serial": s}
-                              for node, s in self.book.offered(gateway)]}
+            offers = [{"node": node, "serial": s} for node, s in self.book.offered(gateway)]
             path = self.offers_dir / gateway / OFFERS_FILE
+            if _offers_in(path) == offers:
+                continue  # unchanged: a gateway re-reads the file whenever it changes
+            doc = {"format": OFFERS_FORMAT, "version": OFFERS_VERSION, "issued": now,
+                   "offers": offers}
             write_file_atomic(path, (json.dumps(doc, sort_keys=True) + "\n").encode(), 0o644)
             written.append(path)
         return written
@@ -900,6 +903,15 @@ class Rollouts:
                 waiting: Sequence[str] = ()) -> StepResult:
         return StepResult(r["serial"], r["state"], r["stage"], r["stages"][r["stage"]], line,
                           tuple(confirmed), tuple(waiting))
+
+
+def _offers_in(path: Path) -> list | None:
+    """The offers an offers file holds now; None when it is missing or unreadable."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        return doc["offers"] if doc.get("format") == OFFERS_FORMAT else None
+    except (OSError, ValueError, KeyError, AttributeError):
+        return None
 
 
 def _error_rise(baseline: int | None, status: list[StatusSample]) -> int:

@@ -169,7 +169,10 @@ def test_canaries_confirm_then_one_zone_then_all_zones(fleet):
     assert offers(tmp) == {"gw-spz": ["00020001"], "gw-mst": []}
 
     field.ota("00020001", T0 + 20, 7, "downloading")
+    before = (tmp / "offers" / "gw-spz" / "offers.json").read_bytes()
     assert rollouts.step(7, T0 + 30).waiting == ("00020001",)
+    # nothing changed: the file is not rewritten (a gateway re-reads it on every change)
+    assert (tmp / "offers" / "gw-spz" / "offers.json").read_bytes() == before
     field.status("00020001", T0 + 100, NEW, errors=0)  # restarted into 1.2.0
     result = rollouts.step(7, T0 + 110)
     assert result.state == "running" and result.stage_name == "zone spoorzone"
@@ -397,7 +400,7 @@ def test_cli_rollout_status_json_and_halt_withdraws_offers(tmp_path, key, capsys
     assert code == 0, err
     assert offers(tmp_path) == {"gw-spz": ["00020001"], "gw-mst": ["00020004"]}
 
-    code, out, err = run(capsys, "fleet", "release", "step", "7", *reg)
+    code, out, err = run(capsys, "fleet", "release", "step", *reg)  # the running one
     assert code == 0 and "waiting for 2 node(s)" in out
 
     code, out, err = run(capsys, "fleet", "release", "status", "7", "--json", *reg)
@@ -415,6 +418,7 @@ def test_cli_rollout_status_json_and_halt_withdraws_offers(tmp_path, key, capsys
     assert offers(tmp_path) == {"gw-spz": [], "gw-mst": []}
     code, out, err = run(capsys, "fleet", "release", "step", "7", *reg)
     assert code == 1 and "halted" in out
+    assert run(capsys, "fleet", "release", "step", *reg)[1] == "no rollout is running\n"
     code, out, err = run(capsys, "fleet", "release", "status", *reg)
     assert code == 0 and "halted: halted by the operator" in out
 
