@@ -188,14 +188,19 @@ class Registry:
             db = sqlite3.connect(path, timeout=10.0)
             db.row_factory = sqlite3.Row
             db.execute("PRAGMA foreign_keys = ON")
-            db.execute("PRAGMA journal_mode = WAL")
-            db.execute("PRAGMA synchronous = NORMAL")
         except sqlite3.DatabaseError as exc:
             raise RegistryError(f"{path}: not a registry database ({exc})") from None
         reg = cls(db, path, master_key)
         try:
+            # migrations first: a file from a newer dordt is refused before anything (even
+            # the journal mode in its header) is changed
             migrate(db, path)
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = NORMAL")
             reg._check_master_key()
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            raise RegistryError(f"{path}: not a registry database ({exc})") from None
         except BaseException:
             db.close()
             raise
