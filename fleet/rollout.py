@@ -19,16 +19,18 @@ Out:
   `<offers>/<gateway>/offers.json` (docs/ota.md §4) naming the nodes offered the release
   and not yet updated.
 
-Stages: the canaries, then the rest of one zone, then every other zone of the rollout.
-A stage's nodes are offered the release together; `step` looks at the store and
+Stages: the canaries, then the rest of one zone, then every other zone of the rollout
+(the nodes are planned when the rollout starts; a node enrolled later waits for the next
+release).  A stage's nodes are offered the release together; `step` looks at the store and
 - advances when every node of the stage confirmed: a `node_status` point from the node,
   at or after its offer, with `firmware_version` equal to the release's version;
 - halts by itself when a node of the stage has not confirmed within the stage's timeout
-  (`canary_timeout_s` for the canaries), when its `error_count` rose by more than
-  `max_error_rise` since its offer, or when its gateway reported the node's `ota` state
-  `refused`, `failed` or `rolled_back` for this release.  Halting withdraws the offers of
-  every node not yet updated (its gateway's offers file is rewritten without them) and
-  records why, in one line.
+  (`canary_timeout_s` for the canaries), or when any node offered so far (the canaries
+  stay watched while their zone updates) had its `error_count` rise by more than
+  `max_error_rise` since its offer, or had its gateway report its `ota` state `refused`,
+  `failed` or `rolled_back` for this release.  Halting withdraws the offers of every node
+  not yet updated (its gateway's offers file is rewritten without them) and records why,
+  in one line.  A halted rollout stays halted: the fix is a new release (a new serial).
 Time is a parameter (`now_s`) everywhere, so tests drive a rollout through hours in
 milliseconds.
 
@@ -652,7 +654,7 @@ class Rollouts:
                 "INSERT INTO rollout_nodes (serial, node, gateways, zone, stage, state) "
                 "VALUES (?, ?, ?, ?, ?, 'planned')",
                 [(serial, n.node, json.dumps(list(n.gateways)), n.zone, i)
-                 for i, (_, members) in enumerate(plan.stages) for n in members])
+                 for i, (_, stage_nodes) in enumerate(plan.stages) for n in stage_nodes])
             self._event(serial, now, f"started: {len(plan.nodes)} node(s) in "
                         f"{len(stages)} stage(s) ({'; '.join(stages)}); "
                         f"{len(plan.skipped)} left out")
