@@ -25,7 +25,8 @@ def register(sub) -> None:
     _register_keyring(sub)
 
 
-def _common(p, master_key: bool = False) -> None:
+def _common(p, master_key: bool = True) -> None:
+    # every command takes --master-key, also those that need none (a listing checks it)
     add_registry_argument(p)
     if master_key:
         add_master_key_argument(p)

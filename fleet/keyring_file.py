@@ -165,7 +165,8 @@ def load_private(path: Path, kind: type):
     except (ValueError, TypeError):
         raise KeyringFileError("format", f"{path}: not a PEM private key") from None
     if not isinstance(key, kind):
-        raise KeyringFileError("format", f"{path}: holds a {type(key).__name__}, not an "
+        have = type(key).__name__.removeprefix("_").removesuffix("PrivateKey")
+        raise KeyringFileError("format", f"{path}: holds an {have} key, not an "
                                f"{kind.__name__.removesuffix('PrivateKey')} key")
     return key
 
