@@ -264,17 +264,21 @@ class ZoneSettings:
 _SETTING_KEYS = (*SETTING_VARS, *SECRET_SETTINGS)
 
 
-def _check_table(path: Path, where: str, table) -> dict[str, str]:
+def _suggest(word: str, choices) -> str:
     import difflib
 
+    near = difflib.get_close_matches(word, list(choices), n=1)
+    return f" Did you mean {near[0]!r}?" if near else ""
+
+
+def _check_table(path: Path, where: str, table) -> dict[str, str]:
     if not isinstance(table, dict):
         raise BalenaError(f"{path}: [{where}] must be a table of settings", EXIT_CONFIG)
     for key, value in table.items():
         if key not in _SETTING_KEYS:
-            near = difflib.get_close_matches(key, _SETTING_KEYS, n=1)
-            hint = f" Did you mean {near[0]!r}?" if near else ""
             raise BalenaError(f"{path}: [{where}] {key!r} is not a gateway setting (known: "
-                              f"{', '.join(_SETTING_KEYS)}).{hint}", EXIT_CONFIG)
+                              f"{', '.join(_SETTING_KEYS)}).{_suggest(key, _SETTING_KEYS)}",
+                              EXIT_CONFIG)
         if not isinstance(value, str) or not value:
             raise BalenaError(f"{path}: [{where}] {key} must be a non-empty string",
                               EXIT_CONFIG)
@@ -286,8 +290,6 @@ def _check_table(path: Path, where: str, table) -> dict[str, str]:
 
 def load_zone_settings(path: str | Path | None, known_zones: list[str]) -> ZoneSettings:
     """The settings file (None: no settings, only zone and gateway names are sent)."""
-    import difflib
-
     if path is None:
         return ZoneSettings()
     path = Path(path)
@@ -307,10 +309,9 @@ def load_zone_settings(path: str | Path | None, known_zones: list[str]) -> ZoneS
         raise BalenaError(f"{path}: zones must be tables [zones.<zone>]", EXIT_CONFIG)
     for zone, table in zones.items():
         if zone not in known_zones:
-            near = difflib.get_close_matches(zone, known_zones, n=1)
-            hint = f" Did you mean {near[0]!r}?" if near else ""
             raise BalenaError(f"{path}: [zones.{zone}] is not a zone of the registry (known: "
-                              f"{', '.join(known_zones) or 'none'}).{hint}", EXIT_CONFIG)
+                              f"{', '.join(known_zones) or 'none'}).{_suggest(zone, known_zones)}",
+                              EXIT_CONFIG)
         settings.zones[zone] = _check_table(path, f"zones.{zone}", table)
     return settings
 

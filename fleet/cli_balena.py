@@ -9,10 +9,8 @@ stage is not ready; 2 bad arguments, settings or API key (401); 3 the API cannot
 
 from __future__ import annotations
 
-import json
-import sys
-
 from dordt.errors import UserError
+from fleet.cli_registry import _print_json  # one JSON style for every fleet listing
 from fleet.registry import add_registry_argument
 
 
@@ -105,11 +103,6 @@ def _run(args, operation):
             return operation(reg, client)
     except balena.BalenaError as exc:
         raise UserError(str(exc), exc.exit_code) from None
-
-
-def _print_json(doc) -> None:
-    json.dump(doc, sys.stdout, indent=1, sort_keys=True)
-    sys.stdout.write("\n")
 
 
 def _short(commit: str | None) -> str:
