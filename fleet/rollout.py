@@ -50,7 +50,7 @@ import re
 import shutil
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -78,7 +78,9 @@ STAGE_CANARY = "canary"
 DEFAULT_CANARY_TIMEOUT_S = 3600
 DEFAULT_STAGE_TIMEOUT_S = 6 * 3600
 DEFAULT_MAX_ERROR_RISE = 5
-BASELINE_LOOKBACK_S = 86_400  # how far back an offer looks for a node's error_count
+# How far back an offer looks for a node's error_count: a node sends its status every
+# 10 frames (firmware/node.py), 100 s at the default 10 s window.
+BASELINE_LOOKBACK_S = 3600
 _VERSION = re.compile(r"(\d{1,2})\.(\d{1,2})\.(\d{1,2})")
 _NODE = re.compile(r"[0-9a-f]{8}")
 
@@ -412,9 +414,10 @@ class Evidence:
 
 
 class StoreEvidence:
-    """Reads `node_status` and `ota` points from a store the way the project does:
-    a local store file through `LocalStore.points()` (one indexed query per field), a
-    VictoriaMetrics URL through gateway/provenance.py's `read_victoriametrics`."""
+    """Reads `node_status` and `ota` points of given nodes from a store the way the
+    project does: a local store file through `LocalStore.points()` (indexed queries per
+    node and field), a VictoriaMetrics URL through gateway/provenance.py's
+    `read_victoriametrics` (one export of both measurements)."""
 
     def __init__(self, spec: str):
         self.spec = spec.strip()
@@ -427,47 +430,50 @@ class StoreEvidence:
             self._path = Path(path)
             self._read = self._read_local
 
-    def read(self, since_s: int, until_s: int) -> Evidence:
+    def read(self, since_s: Mapping[str, int], until_s: int) -> Evidence:
+        """The points of each node of `since_s` from its own start time to `until_s`."""
+        if not since_s:
+            return Evidence()
         try:
-            return self._read(int(since_s), int(until_s)).sort()
+            return self._read({k: int(v) for k, v in since_s.items()}, int(until_s)).sort()
         except (OSError, sqlite3.Error, ValueError) as exc:
             raise EvidenceError(f"cannot read the store {_redact(self.spec)}: "
                                 f"{getattr(exc, 'strerror', None) or exc}; nothing was "
                                 "changed, run the step again") from None
 
-    def _read_local(self, since_s: int, until_s: int) -> Evidence:
+    def _read_local(self, since_s: dict[str, int], until_s: int) -> Evidence:
         from gateway.forward.local import LocalStore
 
         store = LocalStore(self._path, create=False)
+        ev = Evidence()
         try:
-            def series(measurement: str, name: str) -> dict[tuple[str, int], float]:
-                return {(p.node, p.time_s): p.value
-                        for p in store.points(measurement, name, since_s=since_s)
-                        if p.time_s <= until_s}
+            for node, since in since_s.items():
+                def series(measurement: str, name: str, node=node, since=since
+                           ) -> dict[int, float]:
+                    return {p.time_s: p.value for p in store.points(measurement, name, node, since)
+                            if p.time_s <= until_s}
 
-            fw = series("node_status", "firmware_version")
-            errors = series("node_status", "error_count")
-            serials = series("ota", "serial")
-            states = series("ota", "state")
+                fw = series("node_status", "firmware_version")
+                errors = series("node_status", "error_count")
+                if fw or errors:
+                    ev.status[node] = [StatusSample(t, _int(fw.get(t)), _int(errors.get(t)))
+                                       for t in fw.keys() | errors.keys()]
+                serials, states = series("ota", "serial"), series("ota", "state")
+                if serials:
+                    ev.ota[node] = [OtaSample(t, int(serials[t]), _state_name(states[t]))
+                                    for t in serials.keys() & states.keys()]
         finally:
             store.close()
-        ev = Evidence()
-        for key in fw.keys() | errors.keys():
-            ev.status.setdefault(key[0], []).append(
-                StatusSample(key[1], _int(fw.get(key)), _int(errors.get(key))))
-        for key in serials.keys() & states.keys():
-            ev.ota.setdefault(key[0], []).append(
-                OtaSample(key[1], int(serials[key]), _state_name(states[key])))
         return ev
 
-    def _read_vm(self, since_s: int, until_s: int) -> Evidence:
+    def _read_vm(self, since_s: dict[str, int], until_s: int) -> Evidence:
         from gateway.provenance import read_victoriametrics
 
         ev = Evidence()
-        for p in read_victoriametrics(self.spec, since_s, until_s,
+        for p in read_victoriametrics(self.spec, min(since_s.values()), until_s,
                                       measurements=("node_status", "ota")):
             node = p.tags.get("node")
-            if node is None:
+            if node not in since_s or p.time_s < since_s[node]:
                 continue
             if p.measurement == "node_status":
                 ev.status.setdefault(node, []).append(StatusSample(
@@ -690,7 +696,7 @@ class Rollouts:
         """Each node's newest error_count before its offer (the rise is counted from it)."""
         if self.evidence is None:
             return {}
-        ev = self.evidence.read(now - BASELINE_LOOKBACK_S, now)
+        ev = self.evidence.read(dict.fromkeys(nodes, now - BASELINE_LOOKBACK_S), now)
         out = {}
         for node in nodes:
             counts = [s.error_count for s in ev.status.get(node, [])
@@ -735,15 +741,15 @@ class Rollouts:
         # Every node offered so far stays watched: a canary whose errors rise while its
         # zone updates halts the rollout as surely as one that never confirms.
         watched = [n for n in self.book.nodes(serial) if n["state"] in ("offered", "confirmed")]
-        since = min(n["offered_s"] for n in watched)
-        ev = self.evidence.read(since, now + 3600)  # node clocks may run a little ahead
+        # a node's evidence counts from its offer; node clocks may run a little ahead
+        ev = self.evidence.read({n["node"]: n["offered_s"] for n in watched}, now + 3600)
         code = release.version_code
         confirmed, waiting, problems = [], [], []
         for n in watched:
-            node, offered = n["node"], n["offered_s"]
-            status = [s for s in ev.status.get(node, []) if s.time_s >= offered]
-            failed = [o for o in ev.ota.get(node, []) if o.time_s >= offered
-                      and o.serial == serial and o.state in OTA_FAILED]
+            node = n["node"]
+            status = ev.status.get(node, [])
+            failed = [o for o in ev.ota.get(node, [])
+                      if o.serial == serial and o.state in OTA_FAILED]
             rise = _error_rise(n["baseline_errors"], status)
             what = "canary" if n["stage"] == 0 else "node"
             if failed:
@@ -918,10 +924,13 @@ def _offers_in(path: Path) -> list | None:
 
 def _error_rise(baseline: int | None, status: list[StatusSample]) -> int:
     """How far a node's error_count rose since its offer, from the newest count before
-    it (`baseline`; none: 0).  A node restarts when it switches to a release, and its
-    counter starts again from 0."""
-    rise, previous = 0, baseline or 0
-    for count in (s.error_count for s in status if s.error_count is not None):
+    it (`baseline`; when the store had none, from the first count after it).  A node
+    restarts when it switches to a release, and its counter starts again from 0."""
+    counts = [s.error_count for s in status if s.error_count is not None]
+    if not counts:
+        return 0
+    rise, previous = 0, counts[0] if baseline is None else baseline
+    for count in counts:
         # a counter that went down was reset: all of its new count is new (the rule of
         # Prometheus' increase() for counter resets)
         rise += count if count < previous else count - previous

@@ -261,7 +261,9 @@ def test_error_rise_counts_across_counter_resets():
     assert _error_rise(5, samples(5, 6, 8)) == 3
     assert _error_rise(5, samples(0, 2)) == 2  # restarted at the switch
     assert _error_rise(5, samples(7, 1, 3)) == 2 + 1 + 2
-    assert _error_rise(None, samples(4)) == 4
+    # no count before the offer: counted from the first one after it
+    assert _error_rise(None, samples(40)) == 0
+    assert _error_rise(None, samples(40, 43)) == 3
 
 
 def test_plans_refuse_what_cannot_be_rolled_out(fleet):
