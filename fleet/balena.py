@@ -25,6 +25,7 @@ import os
 import re
 import tomllib
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from fleet.registry import Registry, utc_now
@@ -56,6 +57,7 @@ SETTING_VARS = {
 SECRET_SETTINGS = {"store_token_file": "DORDT_INFLUX_TOKEN"}
 # Settings that are also tags, for filtering gateways on the dashboard.
 TAGGED_SETTINGS = {"store_bucket": "dordt.store_bucket"}
+_IDS_PER_REQUEST = 100  # device ids in one $filter (balena-sdk batches 200 numeric ids)
 _COMMIT = re.compile(r"^[0-9a-f]{32,40}$")
 _UUID = re.compile(r"^(?:[0-9a-f]{32}|[0-9a-f]{62})$")
 
@@ -158,7 +160,10 @@ class BalenaClient:
         settings = Settings({"data_directory": False})
         settings.set("api_endpoint", url)
         settings.set("token", token)
-        self._models = Models(PineClient(settings, __version__), settings)
+        # The models for single operations; the pine client (the SDK's OData client, what
+        # the models use) for the listings sync reads for many devices at once.
+        self._pine = PineClient(settings, __version__)
+        self._models = Models(self._pine, settings)
 
     def __repr__(self) -> str:  # never the key
         return f"BalenaClient({self.url!r})"
@@ -212,10 +217,23 @@ class BalenaClient:
                            "$filter": {"uuid": {"$in": sorted(uuids)}}})
         return {r["uuid"]: _device_view(r) for r in raws}
 
-    def env_vars(self, device_id: int) -> dict[str, str]:
-        rows = self._call("list device variables",
-                          self._models.device.env_var.get_all_by_device, device_id)
-        return {r["name"]: r["value"] for r in rows}
+    def _by_device(self, what: str, resource: str, key: str, device_ids: list[int]
+                   ) -> dict[int, dict[str, str]]:
+        """device id -> {name: value}, in a few requests (ids in chunks, as the SDK does)."""
+        out: dict[int, dict[str, str]] = {i: {} for i in device_ids}
+        for start in range(0, len(device_ids), _IDS_PER_REQUEST):
+            chunk = device_ids[start:start + _IDS_PER_REQUEST]
+            rows = self._call(f"list {what}", self._pine.get, {
+                "resource": resource,
+                "options": {"$select": ["device", key, "value"],
+                            "$filter": {"device": {"$in": chunk}}, "$orderby": f"{key} asc"}})
+            for r in rows:
+                out[r["device"]["__id"]][r[key]] = r["value"]
+        return out
+
+    def env_vars(self, device_ids: list[int]) -> dict[int, dict[str, str]]:
+        return self._by_device("device variables", "device_environment_variable", "name",
+                               device_ids)
 
     def set_env_var(self, device_id: int, name: str, value: str) -> None:
         self._call(f"set device variable {name}", self._models.device.env_var.set, device_id,
@@ -225,10 +243,8 @@ class BalenaClient:
         self._call(f"remove device variable {name}", self._models.device.env_var.remove,
                    device_id, name)
 
-    def tags(self, device_id: int) -> dict[str, str]:
-        rows = self._call("list device tags", self._models.device.tags.get_all_by_device,
-                          device_id)
-        return {r["tag_key"]: r["value"] for r in rows}
+    def tags(self, device_ids: list[int]) -> dict[int, dict[str, str]]:
+        return self._by_device("device tags", "device_tag", "tag_key", device_ids)
 
     def set_tag(self, device_id: int, key: str, value: str) -> None:
         self._call(f"set device tag {key}", self._models.device.tags.set, device_id, key, value)
@@ -241,9 +257,10 @@ class BalenaClient:
                    self._models.device.pin_to_release, uuids if len(uuids) > 1 else uuids[0],
                    commit)
 
-    def track(self, uuid: str) -> None:
-        self._call(f"let device {uuid} follow its fleet's release",
-                   self._models.device.track_application_release, uuid)
+    def track(self, uuids: list[str]) -> None:
+        self._call(f"let {len(uuids)} device(s) follow their fleet's release",
+                   self._models.device.track_application_release,
+                   uuids if len(uuids) > 1 else uuids[0])
 
 
 # -- zone settings ------------------------------------------------------------------------
@@ -445,40 +462,51 @@ def link(reg: Registry, client: BalenaClient, gateway: str, uuid: str) -> dict:
                                                           "is_online", "last_seen")}}
 
 
+def _reconcile(gateway: str, what: str, want: dict[str, str], have: dict[str, str],
+               prefix: str, set_one, remove_one, secrets: frozenset[str]) -> list[dict]:
+    """Set what differs, remove what is ours (`prefix`) and no longer wanted; one row each."""
+    rows = []
+    for name, value in sorted(want.items()):
+        action = "unchanged" if have.get(name) == value else (
+            "updated" if name in have else "added")
+        if action != "unchanged":
+            set_one(name, value)
+        rows.append({"gateway": gateway, "what": what, "name": name, "action": action,
+                     "secret": name in secrets})
+    for name in sorted(set(have) - set(want)):
+        if name.startswith(prefix):
+            remove_one(name)
+            rows.append({"gateway": gateway, "what": what, "name": name, "action": "removed",
+                         "secret": False})
+    return rows
+
+
 def sync(reg: Registry, client: BalenaClient, settings: ZoneSettings,
          names: list[str] | None = None) -> list[dict]:
     """Make each linked gateway's device variables and tags what its zone says; what changed,
     one row per variable or tag (names only: never a value of a secret)."""
+    # Everything is read and checked before the first write: a bad setting or a device gone
+    # from balena leaves every device as it was.
+    pairs = _linked(reg, names)
+    wants = {gw["name"]: desired_config(gw, settings) for gw, _ in pairs}
+    devices = client.devices([ln["uuid"] for _, ln in pairs])
+    for gw, ln in pairs:
+        if ln["uuid"] not in devices:
+            raise BalenaError(f"gateway {gw['name']}: balena has no device {ln['uuid']} any "
+                              "more; link it again or retire the gateway", EXIT_FAILED)
+    ids = [devices[ln["uuid"]]["id"] for _, ln in pairs]
+    all_env, all_tags = client.env_vars(ids), client.tags(ids)
     changes = []
-    for gw, ln in _linked(reg, names):
-        want = desired_config(gw, settings)
-        device = client.device(ln["uuid"])
-        have_env = client.env_vars(device["id"])
-        have_tags = client.tags(device["id"])
-        for name, value in sorted(want.env.items()):
-            action = "unchanged" if have_env.get(name) == value else (
-                "updated" if name in have_env else "added")
-            if action != "unchanged":
-                client.set_env_var(device["id"], name, value)
-            changes.append({"gateway": gw["name"], "what": "variable", "name": name,
-                            "action": action, "secret": name in want.secret_vars})
-        for name in sorted(set(have_env) - set(want.env)):
-            if name.startswith(VAR_PREFIX):
-                client.remove_env_var(device["id"], name)
-                changes.append({"gateway": gw["name"], "what": "variable", "name": name,
-                                "action": "removed", "secret": False})
-        for key, value in sorted(want.tags.items()):
-            action = "unchanged" if have_tags.get(key) == value else (
-                "updated" if key in have_tags else "added")
-            if action != "unchanged":
-                client.set_tag(device["id"], key, value)
-            changes.append({"gateway": gw["name"], "what": "tag", "name": key,
-                            "action": action, "secret": False})
-        for key in sorted(set(have_tags) - set(want.tags)):
-            if key.startswith(TAG_PREFIX):
-                client.remove_tag(device["id"], key)
-                changes.append({"gateway": gw["name"], "what": "tag", "name": key,
-                                "action": "removed", "secret": False})
+    for gw, ln in pairs:
+        want = wants[gw["name"]]
+        device = devices[ln["uuid"]]
+        have_env, have_tags = all_env[device["id"]], all_tags[device["id"]]
+        changes += _reconcile(gw["name"], "variable", want.env, have_env, VAR_PREFIX,
+                              partial(client.set_env_var, device["id"]),
+                              partial(client.remove_env_var, device["id"]), want.secret_vars)
+        changes += _reconcile(gw["name"], "tag", want.tags, have_tags, TAG_PREFIX,
+                              partial(client.set_tag, device["id"]),
+                              partial(client.remove_tag, device["id"]), frozenset())
         _remember(reg, gw["name"], device)
     return changes
 
@@ -525,8 +553,7 @@ def pin(reg: Registry, client: BalenaClient, names: list[str], commit: str | Non
     pairs = _linked(reg, names)
     uuids = [ln["uuid"] for _, ln in pairs]
     if commit is None:
-        for uuid in uuids:
-            client.track(uuid)
+        client.track(uuids)
     else:
         client.pin(uuids, _check_commit(commit))
     devices = client.devices(uuids)
@@ -685,8 +712,7 @@ def rollout_halt(reg: Registry, client: BalenaClient) -> dict:
     for previous, names in sorted(by_release.items(), key=lambda kv: kv[0] or ""):
         uuids = [links[n]["uuid"] for n in names]
         if previous is None:
-            for uuid in uuids:
-                client.track(uuid)
+            client.track(uuids)
         else:
             client.pin(uuids, previous)
         restored += [{"gateway": n, "release": previous} for n in names]
