@@ -194,14 +194,28 @@ class BalenaClient:
                               "device's fleet (see the fleet's Releases page on balena)",
                               EXIT_FAILED) from None
         except (requests.ConnectionError, requests.Timeout) as exc:
-            kind = "timed out" if isinstance(exc, requests.Timeout) else "connection failed"
+            kind = ("timed out" if isinstance(exc, requests.Timeout) else
+                    "TLS failed" if isinstance(exc, requests.exceptions.SSLError) else
+                    "connection failed")
             raise BalenaError(f"cannot reach the balena API at {self.url} ({kind}) to {what}; "
                               f"check --api-url / ${ENV_API_URL} and the network",
                               EXIT_ENVIRONMENT) from None
+        except (TypeError, KeyError, IndexError, AttributeError):
+            # A 200 that is not the pine API's JSON: another web server at that URL.
+            raise BalenaError(f"{self.url} did not answer like the balena API when asked to "
+                              f"{what}; check --api-url / ${ENV_API_URL}",
+                              EXIT_CONFIG) from None
         except bx.BalenaException as exc:
             message = str(getattr(exc, "message", "") or type(exc).__name__)
             raise BalenaError(f"balena-sdk refused to {what}: "
                               f"{message.replace(self._token, '<key>')}", EXIT_FAILED) from None
+        except Exception as exc:
+            if type(exc) is not Exception:  # a bug here, not the API: keep its traceback
+                raise
+            # pine-client raises a bare Exception for an answer it cannot read
+            raise BalenaError(f"{self.url} did not answer like the balena API when asked to "
+                              f"{what}; check --api-url / ${ENV_API_URL}",
+                              EXIT_CONFIG) from None
 
     def device(self, uuid: str) -> dict:
         raw = self._call(f"read device {uuid}", self._models.device.get, uuid,

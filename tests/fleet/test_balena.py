@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
@@ -372,6 +374,34 @@ def test_an_unreachable_api_is_one_line(fleet):
         code, out, err = fleet.cli(*args)
         assert code == 3 and "cannot reach the balena API" in _one_line(err)
         assert fleet.api.token not in out + err
+
+
+def test_a_url_that_is_not_the_balena_api_is_one_line(fleet):
+    """Another web server (a portal, a dashboard URL given by mistake) answering 200."""
+
+    class Page(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b"<html>welcome</html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        code = main(["fleet", "balena", "link", "gw-spz-01", uuid_of("gw-spz-01"),
+                     "--registry", str(fleet.registry), "--token-file", str(fleet.token_file),
+                     "--api-url", f"http://127.0.0.1:{server.server_address[1]}/"])
+    finally:
+        server.shutdown()
+        server.server_close()
+    _, err = fleet.capsys.readouterr()
+    assert code == 2 and "did not answer like the balena API" in _one_line(err)
 
 
 def test_the_api_key_appears_in_no_output_log_exception_or_file(fleet, tmp_path, caplog):
