@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import secrets
 import subprocess
 import sys
 import time
@@ -22,10 +21,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from firmware import protocol
-from fleet import bundle as bundles
 from fleet.registry import Registry
 from simulators.framegen import FrameSigner
 from tests.fixtures.services import free_port, publish_qos1
+from tests.fleet.enrolment import make_bundle
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.services
@@ -72,18 +71,7 @@ def test_no_key_material_in_any_output_log_export_or_exception(tmp_path, mosquit
     run = Run(root, env)
 
     # the technician's bundle (provisioning writes it; here its library does)
-    run("fleet", "enrol-key", "init", "--dir", "enrol")
-    recipient = bundles.load_public_key(root / "enrol" / "enrol-x25519.pub")
-    bundle = bundles.Bundle.load_or_new(root / "bundle.json", recipient)
-    node_keys = {}
-    for node, kind, zone, site in NODES:
-        key = node_keys[node] = secrets.token_bytes(32)
-        bundle.entries.append(bundles.seal(
-            {"node": node, "kind": kind, "zone": zone, "site": site,
-             "board": "esp32-s3-devkitc-1", "key_id": 0, "enrolled_at": "2026-12-04T10:00:00Z",
-             "fingerprint": bundles.fingerprint(key)}, key, recipient))
-    bundle.save(root / "bundle.json")
-
+    _, _, node_keys = make_bundle(root, NODES)
     run("fleet", "registry", "init", "--master-key", "master.key")
     env["DORDT_FLEET_MASTER_KEY_FILE"] = str(root / "master.key")
     run("fleet", "registry", "init")  # again: an upgrade is a no-op

@@ -20,6 +20,7 @@ from dordt.cli import main
 from fleet import bundle as bundles
 from fleet import keyring_file, rekey
 from fleet.registry import Registry, RegistryError, migrate, migrations
+from tests.fleet.enrolment import make_bundle
 
 AIR_SPZ1, NOISE_SPZ1, AIR_SPZ2, AIR_MST1 = "00010011", "00010012", "00010021", "00020011"
 
@@ -164,21 +165,6 @@ def test_commands_that_need_keys_say_how_to_give_the_master_key(reg, tmp_path, c
 
 
 # -- nodes --------------------------------------------------------------------------------
-
-
-def make_bundle(tmp_path, nodes):
-    private, public = bundles.init_enrol_key(tmp_path / "enrol")
-    recipient = bundles.load_public_key(public)
-    b = bundles.Bundle.load_or_new(tmp_path / "bundle.json", recipient)
-    keys = {}
-    for node, kind, zone, site in nodes:
-        key = keys[node] = secrets.token_bytes(32)
-        b.entries.append(bundles.seal(
-            {"node": node, "kind": kind, "zone": zone, "site": site,
-             "board": "esp32-s3-devkitc-1", "key_id": 0, "enrolled_at": "2026-12-04T10:00:00Z",
-             "fingerprint": bundles.fingerprint(key)}, key, recipient))
-    b.save(tmp_path / "bundle.json")
-    return tmp_path / "bundle.json", private, keys
 
 
 def test_import_takes_a_bundle_once_and_refuses_a_conflict_whole(tmp_path, reg, capsys):
