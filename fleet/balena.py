@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
+import threading
 import tomllib
 from dataclasses import dataclass, field
 from functools import partial
@@ -33,6 +34,7 @@ from fleet.registry import Registry, utc_now
 DEFAULT_API_URL = "https://api.balena-cloud.com/"
 ENV_API_URL = "DORDT_BALENA_API_URL"
 ENV_TOKEN = "BALENA_API_KEY"
+DEFAULT_TIMEOUT_S = 60.0  # for one operation (a pin is three requests)
 
 EXIT_FAILED, EXIT_CONFIG, EXIT_ENVIRONMENT = 1, 2, 3
 
@@ -148,13 +150,14 @@ def _device_view(raw: dict) -> dict:
 class BalenaClient:
     """The few balena operations the fleet needs, through the real balena-sdk."""
 
-    def __init__(self, url: str, token: str):
+    def __init__(self, url: str, token: str, timeout_s: float = DEFAULT_TIMEOUT_S):
         from balena import __version__
         from balena.models import Models
         from balena.pine import PineClient
         from balena.settings import Settings
 
         self.url = url
+        self.timeout_s = timeout_s
         self._token = token
         # In memory only: the SDK's file settings would store the key under ~/.balena.
         settings = Settings({"data_directory": False})
@@ -173,7 +176,7 @@ class BalenaClient:
         from balena import exceptions as bx
 
         try:
-            return fn(*args)
+            return self._bounded(what, fn, args)
         except bx.RequestError as exc:
             body = str(getattr(exc, "body", "") or "").replace(self._token, "<key>")
             first = body.strip().splitlines()[0][:200] if body.strip() else ""
@@ -216,6 +219,29 @@ class BalenaClient:
             raise BalenaError(f"{self.url} did not answer like the balena API when asked to "
                               f"{what}; check --api-url / ${ENV_API_URL}",
                               EXIT_CONFIG) from None
+
+    def _bounded(self, what: str, fn, args):
+        """fn(*args) within timeout_s.  balena-sdk gives `requests` no timeout, so a server
+        that takes the connection and never answers would hang the command for ever; the
+        call runs in a daemon thread that is left behind (and dies with the process)."""
+        outcome: dict = {}
+
+        def run() -> None:
+            try:
+                outcome["value"] = fn(*args)
+            except BaseException as exc:  # handed to the caller's thread below
+                outcome["error"] = exc
+
+        worker = threading.Thread(target=run, name="balena-request", daemon=True)
+        worker.start()
+        worker.join(self.timeout_s)
+        if worker.is_alive():
+            raise BalenaError(f"the balena API at {self.url} did not answer within "
+                              f"{self.timeout_s:g} s when asked to {what}; check the network "
+                              "and try again (--timeout-s sets the limit)", EXIT_ENVIRONMENT)
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["value"]
 
     def device(self, uuid: str) -> dict:
         raw = self._call(f"read device {uuid}", self._models.device.get, uuid,

@@ -87,6 +87,8 @@ def _common(p) -> None:
     p.add_argument("--api-url", metavar="URL",
                    help="the balena API (default: $DORDT_BALENA_API_URL, else "
                    "https://api.balena-cloud.com/)")
+    p.add_argument("--timeout-s", type=float, default=None, metavar="S",
+                   help="give up on an API operation after S seconds (default: 60)")
 
 
 def _run(args, operation):
@@ -98,7 +100,11 @@ def _run(args, operation):
     try:
         url = balena.api_url(args.api_url)
         token = balena.load_token(args.token_file)
-        client = balena.BalenaClient(url, token)
+        timeout_s = balena.DEFAULT_TIMEOUT_S if args.timeout_s is None else args.timeout_s
+        if not timeout_s > 0:
+            raise balena.BalenaError(f"--timeout-s {timeout_s:g}: give a positive number of "
+                                     "seconds", balena.EXIT_CONFIG)
+        client = balena.BalenaClient(url, token, timeout_s)
         with open_from_args(args) as reg:
             return operation(reg, client)
     except balena.BalenaError as exc:

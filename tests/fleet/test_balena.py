@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -374,6 +376,26 @@ def test_an_unreachable_api_is_one_line(fleet):
         code, out, err = fleet.cli(*args)
         assert code == 3 and "cannot reach the balena API" in _one_line(err)
         assert fleet.api.token not in out + err
+
+
+def test_an_api_that_never_answers_is_one_line_after_the_timeout(fleet):
+    """A server that takes the connection and the request and never answers."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(4)
+    try:
+        fleet.capsys.readouterr()
+        started = time.monotonic()
+        code = main(["fleet", "balena", "link", "gw-spz-01", uuid_of("gw-spz-01"),
+                     "--registry", str(fleet.registry),
+                     "--token-file", str(fleet.token_file), "--timeout-s", "0.5",
+                     "--api-url", f"http://127.0.0.1:{silent.getsockname()[1]}/"])
+        elapsed_s = time.monotonic() - started
+    finally:
+        silent.close()
+    _, err = fleet.capsys.readouterr()
+    assert code == 3 and "did not answer within 0.5 s" in _one_line(err)
+    assert elapsed_s < 5
 
 
 def test_a_url_that_is_not_the_balena_api_is_one_line(fleet):
