@@ -284,6 +284,7 @@ class FleetNode:
     zone: str
     hardware: str | None  # board profile; None when the registry does not know it
     gateways: tuple[str, ...]  # the gateways that may serve it; none: nothing can be offered
+    firmware: str | None = None  # "M.m.p" it runs, as the registry knows; None: unknown
 
 
 @dataclass(frozen=True)
@@ -311,7 +312,7 @@ def fleet_nodes(registry) -> list[FleetNode]:
         own = n.get("gateway")
         serving = ((own,) if own in active else ()) if own else tuple(by_zone.get(n["zone"], ()))
         out.append(FleetNode(n["node"], n["kind"], n["zone"], n.get("hardware") or None,
-                             serving))
+                             serving, n.get("firmware") or None))
     return out
 
 
@@ -379,6 +380,19 @@ def _not_for(release: Release, n: FleetNode) -> str:
             f"{n.hardware}"
     if not n.gateways:
         return "no active gateway serves it (its own or its zone's)"
+    # what the node itself would refuse (docs/ota.md §2), when the registry knows what it
+    # runs: offered anyway, it could only stall its stage until the timeout
+    try:
+        running = version_code(n.firmware) if n.firmware else None
+    except ValueError:
+        running = None
+    if running is not None:
+        if running < version_code(release.min_firmware):
+            return f"it runs {n.firmware}, below the release's min_firmware " \
+                f"{release.min_firmware}"
+        if running > release.version_code and not release.rollback:
+            return f"it runs {n.firmware}, newer than {release.version} (not a rollback " \
+                "release)"
     return ""
 
 

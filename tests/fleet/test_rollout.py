@@ -316,15 +316,22 @@ def test_a_plan_leaves_out_nodes_the_release_is_not_for():
              FleetNode("00000004", "noise", "spoorzone", "esp32-s3-devkitc-1", ("gw-s",)),
              FleetNode("00000005", "noise", "spoorzone", None, ("gw-s",)),
              FleetNode("00000006", "air", "spuiboulevard", "pico-w", ()),
-             FleetNode("00000007", "air", "spuiboulevard", "pico-w", ("gw-b", "gw-b2"))]
+             FleetNode("00000007", "air", "spuiboulevard", "pico-w", ("gw-b", "gw-b2")),
+             FleetNode("00000008", "air", "spuiboulevard", "pico-w", ("gw-b",), "1.3.0"),
+             FleetNode("00000009", "air", "spuiboulevard", "pico-w", ("gw-b",), "0.0.9"),
+             FleetNode("0000000a", "air", "spuiboulevard", "pico-w", ("gw-b",), "1.1.0")]
     plan = plan_rollout(release, nodes)  # default canary: the first node of the first zone
     assert [(name, [n.node for n in members]) for name, members in plan.stages] == [
         ("canary", ["00000001"]), ("zones spoorzone, spuiboulevard",
-                                   ["00000002", "00000005", "00000007"])]
+                                   ["00000002", "00000005", "00000007", "0000000a"])]
     assert dict(plan.skipped) == {
         "00000003": "the release is for kinds air, noise, the node is crowd",
         "00000004": "the release is for boards pico-w, the node is esp32-s3-devkitc-1",
-        "00000006": "no active gateway serves it (its own or its zone's)"}
+        "00000006": "no active gateway serves it (its own or its zone's)",
+        "00000008": "it runs 1.3.0, newer than 1.2.0 (not a rollback release)",
+        "00000009": "it runs 0.0.9, below the release's min_firmware 0.1.0"}
+    rollback = Release(8, "1.2.0", True, ("air",), ("pico-w",), "0.1.0", 1, 0, "y")
+    assert "00000008" in [n.node for n in plan_rollout(rollback, nodes).nodes]
     plan = plan_rollout(release, nodes, canaries=["00000002"], zones=["spoorzone",
                                                                     "spuiboulevard"])
     assert [name for name, _ in plan.stages] == ["canary", "zone spoorzone",
