@@ -52,11 +52,11 @@ OLD = version_code("0.1.0")
 NEW = version_code("1.2.0")
 # spoorzone: a canary and two more; maasterras: two; gateways one per zone
 NODES = {
-    "00020001": ("air", "spoorzone", "spz-01"),
-    "00020002": ("air", "spoorzone", "spz-02"),
-    "00020003": ("noise", "spoorzone", "spz-03"),
-    "00020004": ("air", "maasterras", "mst-01"),
-    "00020005": ("crowd", "maasterras", "mst-02"),
+    "00c10001": ("air", "spoorzone", "spz-01"),
+    "00c10002": ("air", "spoorzone", "spz-02"),
+    "00c10003": ("noise", "spoorzone", "spz-03"),
+    "00c10004": ("air", "maasterras", "mst-01"),
+    "00c10005": ("crowd", "maasterras", "mst-02"),
 }
 GATEWAYS = {"gw-spz": "spoorzone", "gw-mst": "maasterras"}
 
@@ -150,7 +150,7 @@ def offers(tmp_path: Path) -> dict[str, list[str]]:
 
 
 def start(reg, rollouts, **kw):
-    kw.setdefault("canaries", ["00020001"])
+    kw.setdefault("canaries", ["00c10001"])
     settings = RolloutSettings(canary_timeout_s=600, stage_timeout_s=1800,
                                max_error_rise=kw.pop("max_error_rise", 3))
     return rollouts.start(7, fleet_nodes(reg), T0, settings=settings,
@@ -165,29 +165,29 @@ def test_canaries_confirm_then_one_zone_then_all_zones(fleet):
     for node in NODES:
         field.status(node, T0 - 50, OLD, errors=2)
     result = start(reg, rollouts)
-    assert result.stage_name == "canary" and "00020001" in result.line
-    assert offers(tmp) == {"gw-spz": ["00020001"], "gw-mst": []}
+    assert result.stage_name == "canary" and "00c10001" in result.line
+    assert offers(tmp) == {"gw-spz": ["00c10001"], "gw-mst": []}
 
-    field.ota("00020001", T0 + 20, 7, "downloading")
+    field.ota("00c10001", T0 + 20, 7, "downloading")
     before = (tmp / "offers" / "gw-spz" / "offers.json").read_bytes()
-    assert rollouts.step(7, T0 + 30).waiting == ("00020001",)
+    assert rollouts.step(7, T0 + 30).waiting == ("00c10001",)
     # nothing changed: the file is not rewritten (a gateway re-reads it on every change)
     assert (tmp / "offers" / "gw-spz" / "offers.json").read_bytes() == before
-    field.status("00020001", T0 + 100, NEW, errors=0)  # restarted into 1.2.0
+    field.status("00c10001", T0 + 100, NEW, errors=0)  # restarted into 1.2.0
     result = rollouts.step(7, T0 + 110)
     assert result.state == "running" and result.stage_name == "zone spoorzone"
-    assert offers(tmp) == {"gw-spz": ["00020002", "00020003"], "gw-mst": []}
+    assert offers(tmp) == {"gw-spz": ["00c10002", "00c10003"], "gw-mst": []}
 
-    field.status("00020002", T0 + 200, NEW)
-    assert rollouts.step(7, T0 + 210).waiting == ("00020003",)
-    assert offers(tmp) == {"gw-spz": ["00020003"], "gw-mst": []}
-    field.status("00020003", T0 + 220, NEW, errors=1)
+    field.status("00c10002", T0 + 200, NEW)
+    assert rollouts.step(7, T0 + 210).waiting == ("00c10003",)
+    assert offers(tmp) == {"gw-spz": ["00c10003"], "gw-mst": []}
+    field.status("00c10003", T0 + 220, NEW, errors=1)
     result = rollouts.step(7, T0 + 230)
     assert result.stage_name == "zones maasterras"
-    assert offers(tmp) == {"gw-spz": [], "gw-mst": ["00020004", "00020005"]}
+    assert offers(tmp) == {"gw-spz": [], "gw-mst": ["00c10004", "00c10005"]}
 
-    field.status("00020004", T0 + 300, NEW)
-    field.status("00020005", T0 + 310, NEW)
+    field.status("00c10004", T0 + 300, NEW)
+    field.status("00c10005", T0 + 310, NEW)
     result = rollouts.step(7, T0 + 320)
     assert result.state == "done" and "every node confirmed" in result.line
     assert offers(tmp) == {"gw-spz": [], "gw-mst": []}
@@ -203,54 +203,54 @@ def test_a_canary_that_never_confirms_halts_before_the_rest_of_its_zone(fleet):
         for gw, nodes in offers(tmp).items():
             seen.setdefault(gw, set()).update(nodes)
 
-    start(reg, rollouts, canaries=["00020002"])
+    start(reg, rollouts, canaries=["00c10002"])
     look()
     for t in range(T0 + 60, T0 + 600, 60):  # it keeps running the old release
-        field.status("00020002", t, OLD)
-        field.ota("00020002", t, 7, "downloading")
+        field.status("00c10002", t, OLD)
+        field.ota("00c10002", t, 7, "downloading")
         assert rollouts.step(7, t).state == "running"
         look()
     result = rollouts.step(7, T0 + 600)
     look()
     assert result.state == "halted"
-    assert "00020002 did not confirm 1.2.0 within 600 s" in result.line
+    assert "00c10002 did not confirm 1.2.0 within 600 s" in result.line
     assert "withdrawn from 1 node(s)" in result.line and "4 never offered" in result.line
     assert "\n" not in result.line
-    assert seen == {"gw-spz": {"00020002"}, "gw-mst": set()}  # never the rest of the zone
+    assert seen == {"gw-spz": {"00c10002"}, "gw-mst": set()}  # never the rest of the zone
     assert offers(tmp) == {"gw-spz": [], "gw-mst": []}
     states = {n["node"]: n["state"] for n in rollouts.status(7)["rollout"]["nodes"]}
-    assert states == {"00020002": "withdrawn", "00020001": "planned", "00020003": "planned",
-                      "00020004": "planned", "00020005": "planned"}
+    assert states == {"00c10002": "withdrawn", "00c10001": "planned", "00c10003": "planned",
+                      "00c10004": "planned", "00c10005": "planned"}
     # a step after the halt changes nothing
-    field.status("00020002", T0 + 700, NEW)
+    field.status("00c10002", T0 + 700, NEW)
     assert rollouts.step(7, T0 + 710).state == "halted"
     assert offers(tmp) == {"gw-spz": [], "gw-mst": []}
 
 
 def test_a_canary_whose_error_count_rises_halts_the_rollout(fleet):
     reg, field, rollouts, tmp = fleet
-    field.status("00020001", T0 - 30, OLD, errors=10)
+    field.status("00c10001", T0 - 30, OLD, errors=10)
     start(reg, rollouts, max_error_rise=3)
-    field.status("00020001", T0 + 60, NEW, errors=0)  # restarted: counter from 0
+    field.status("00c10001", T0 + 60, NEW, errors=0)  # restarted: counter from 0
     assert rollouts.step(7, T0 + 70).stage_name == "zone spoorzone"
     # the zone is updating when the canary's errors climb
-    field.status("00020001", T0 + 120, NEW, errors=2)
+    field.status("00c10001", T0 + 120, NEW, errors=2)
     assert rollouts.step(7, T0 + 130).state == "running"
-    field.status("00020001", T0 + 180, NEW, errors=4)
+    field.status("00c10001", T0 + 180, NEW, errors=4)
     result = rollouts.step(7, T0 + 190)
     assert result.state == "halted"
-    assert "canary 00020001's error_count rose by 4 (limit 3)" in result.line
+    assert "canary 00c10001's error_count rose by 4 (limit 3)" in result.line
     assert offers(tmp) == {"gw-spz": [], "gw-mst": []}
 
 
 def test_a_node_reporting_rolled_back_halts_at_once(fleet):
     reg, field, rollouts, tmp = fleet
     start(reg, rollouts)
-    field.ota("00020001", T0 + 40, 6, "failed")  # another release's failure does not count
+    field.ota("00c10001", T0 + 40, 6, "failed")  # another release's failure does not count
     assert rollouts.step(7, T0 + 50).state == "running"
-    field.ota("00020001", T0 + 90, 7, "rolled_back")
+    field.ota("00c10001", T0 + 90, 7, "rolled_back")
     result = rollouts.step(7, T0 + 100)
-    assert result.state == "halted" and "canary 00020001 reported rolled_back" in result.line
+    assert result.state == "halted" and "canary 00c10001 reported rolled_back" in result.line
 
 
 def test_error_rise_counts_across_counter_resets():
@@ -302,7 +302,7 @@ def test_watch_steps_until_done_and_is_bounded(fleet):
     result = rollouts.watch(7, clock=lambda: clock[0], sleep=sleep, interval_s=60,
                             max_steps=50)
     assert result.state == "done" and clock[0] < T0 + 60 * 50
-    assert reg.node("00020005")["firmware"] == "1.2.0"  # the registry knows what runs
+    assert reg.node("00c10005")["firmware"] == "1.2.0"  # the registry knows what runs
     with pytest.raises(RolloutError, match="--max-steps 0"):
         rollouts.watch(7, max_steps=0)
 
@@ -405,9 +405,9 @@ def test_cli_rollout_status_json_and_halt_withdraws_offers(tmp_path, key, capsys
     assert run(capsys, "fleet", "release", "publish", str(make_release(tmp_path / "r", key, 7)),
                *reg)[0] == 0
     code, out, err = run(capsys, "fleet", "release", "rollout", "7", "--store", f"sqlite:{store}",
-                         "--canary", "00020001,00020004", "--canary-timeout", "900", *reg)
+                         "--canary", "00c10001,00c10004", "--canary-timeout", "900", *reg)
     assert code == 0, err
-    assert offers(tmp_path) == {"gw-spz": ["00020001"], "gw-mst": ["00020004"]}
+    assert offers(tmp_path) == {"gw-spz": ["00c10001"], "gw-mst": ["00c10004"]}
 
     code, out, err = run(capsys, "fleet", "release", "step", *reg)  # the running one
     assert code == 0 and "waiting for 2 node(s)" in out
@@ -420,7 +420,7 @@ def test_cli_rollout_status_json_and_halt_withdraws_offers(tmp_path, key, capsys
     assert r["stages"] == ["canary", "zone spoorzone", "zones maasterras"]
     assert r["canary_timeout_s"] == 900 and r["nodes_by_state"] == {"offered": 2,
                                                                      "planned": 3}
-    assert {n["node"]: n["gateways"] for n in r["nodes"]}["00020004"] == ["gw-mst"]
+    assert {n["node"]: n["gateways"] for n in r["nodes"]}["00c10004"] == ["gw-mst"]
 
     code, out, err = run(capsys, "fleet", "release", "halt", "7", *reg)
     assert code == 0 and "release 7 HALTED: halted by the operator" in out
@@ -471,20 +471,20 @@ def test_rollout_reads_its_evidence_from_victoriametrics(tmp_path, key, victoria
     field = Field(reg, InfluxStore(vm.url), tmp_path / "gw")
     try:
         rollouts = Rollouts(book, tmp_path / "offers", StoreEvidence(vm.url))
-        field.status("00020001", t0 - 20, OLD, errors=1)
+        field.status("00c10001", t0 - 20, OLD, errors=1)
         vm.flush()
-        rollouts.start(7, fleet_nodes(reg), t0, canaries=["00020001"], store_spec=vm.url,
+        rollouts.start(7, fleet_nodes(reg), t0, canaries=["00c10001"], store_spec=vm.url,
                        settings=RolloutSettings(canary_timeout_s=600, max_error_rise=2))
         assert book.nodes(7)[0]["baseline_errors"] == 1
-        field.ota("00020001", t0 + 10, 7, "staged")
-        field.status("00020001", t0 + 60, NEW, errors=0)
+        field.ota("00c10001", t0 + 10, 7, "staged")
+        field.status("00c10001", t0 + 60, NEW, errors=0)
         vm.flush()
         assert rollouts.step(7, t0 + 70).stage_name == "zone spoorzone"
-        assert offers(tmp_path)["gw-spz"] == ["00020002", "00020003"]
-        field.ota("00020003", t0 + 80, 7, "refused")
+        assert offers(tmp_path)["gw-spz"] == ["00c10002", "00c10003"]
+        field.ota("00c10003", t0 + 80, 7, "refused")
         vm.flush()
         result = rollouts.step(7, t0 + 90)
-        assert result.state == "halted" and "node 00020003 reported refused" in result.line
+        assert result.state == "halted" and "node 00c10003 reported refused" in result.line
         assert offers(tmp_path) == {"gw-spz": [], "gw-mst": []}
     finally:
         field.close()
