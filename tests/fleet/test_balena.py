@@ -458,7 +458,7 @@ def test_the_api_key_appears_in_no_output_log_exception_or_file(fleet, tmp_path,
 
 def test_the_stand_in_refuses_what_the_real_api_refuses(balena_api):
     app = balena_api.add_application("dordt/gateways")
-    balena_api.add_device(app, "a" * 32, "gw")
+    dev = balena_api.add_device(app, "a" * 32, "gw")["id"]
     url = balena_api.url + "v7/"
     auth = {"Authorization": f"Bearer {balena_api.token}"}
 
@@ -477,17 +477,22 @@ def test_the_stand_in_refuses_what_the_real_api_refuses(balena_api):
     assert get("device?$top=-1").status_code == 400
     assert get("device?$frobnicate=1").status_code == 400
     assert get("gadget").status_code == 404
-    assert requests.post(url + "device_tag", json={"device": 1, "tag_key": "a", "value": "b",
+    assert requests.post(url + "device_tag", json={"device": dev, "tag_key": "a", "value": "b",
                                                    "colour": "red"},
                          headers=auth, timeout=5).status_code == 400
     assert requests.post(url + "device_tag", json={"device": 999, "tag_key": "a",
                                                    "value": "b"},
                          headers=auth, timeout=5).status_code == 400
     assert requests.post(url + "device_environment_variable",
-                         json={"device": 1, "name": "BALENA_HOST_X", "value": "b"},
+                         json={"device": dev, "name": "BALENA_HOST_X", "value": "b"},
                          headers=auth, timeout=5).status_code == 400
-    assert requests.patch(url + "device(1)", json={"is_online": False},
-                          headers=auth, timeout=5).status_code == 400
+    assert requests.patch(url + f"device({dev})", json={"is_online": False},
+                          headers=auth, timeout=5).status_code == 400   # read-only
+    assert requests.patch(url + f"device({dev})", data='{"device_name": "x"}',
+                          headers=auth, timeout=5).status_code == 400   # not sent as JSON
+    assert requests.patch(url + f"device({dev})", json={"device_name": "x"},
+                          headers=auth, timeout=5).status_code == 200
+    assert balena_api.device("a" * 32)["device_name"] == "x"
     assert not balena_api.unimplemented
     # what the real API has but the stand-in does not model is refused and recorded, so the
     # fixture fails any test that relied on it
