@@ -158,6 +158,10 @@ def _rollouts(registry, serial: int | None = None, offers: str | None = None,
 def _absolute_store(spec: str) -> str:
     spec = spec.strip()
     if spec.startswith(("http://", "https://")):
+        if "@" in spec.split("/")[2]:
+            # it would be recorded in the registry with the rollout, and printed by status
+            raise UserError("--store: give the store's URL without a user or password "
+                            "(a rollout records it in the registry)", EXIT_CONFIG)
         return spec
     path = spec.removeprefix("sqlite:").removeprefix("//")
     if not path:

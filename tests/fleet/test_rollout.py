@@ -454,6 +454,13 @@ def test_cli_rollout_with_a_store_that_cannot_be_read_records_nothing(tmp_path, 
     code, out, err = run(capsys, "fleet", "release", "rollout", "7", "--store", "sqlite:x.db",
                          "--zones", "atlantis", *reg)
     assert code == 2 and "'atlantis' is not a zone of the registry" in err
+    code, out, err = run(capsys, "fleet", "release", "rollout", "7", "--store",
+                         "http://ops:s3cret@127.0.0.1:1", *reg)
+    assert code == 2 and "without a user or password" in err and "s3cret" not in out + err
+    code, out, err = run(capsys, "fleet", "release", "rollout", "7", "--store",
+                         "http://127.0.0.1:1", *reg)  # nothing listens there
+    assert code == 1 and "cannot read the store http://127.0.0.1:1" in err
+    assert "Traceback" not in err
 
 
 # -- VictoriaMetrics ---------------------------------------------------------------------------
