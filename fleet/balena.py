@@ -696,9 +696,12 @@ def _not_ready(reg: Registry, client: BalenaClient, rollout: dict) -> list[str]:
     return problems
 
 
-def rollout_next(reg: Registry, client: BalenaClient, zone: str | None = None) -> dict:
+def rollout_next(reg: Registry, client: BalenaClient, zone: str | None = None,
+                 halt_after_s: float | None = None, now: dt.datetime | None = None) -> dict:
     """The next stage: from canaries to one zone (`zone`), from a zone to every gateway.
-    Refused while a gateway already pinned is offline or not yet running the release."""
+    Refused while a gateway already pinned is offline or not yet running the release; with
+    `halt_after_s`, a stage still not ready that long after its last pin halts the rollout
+    (everyone pinned back) instead."""
     rollout = current_rollout(reg)
     if rollout is None:
         raise BalenaError("no rollout is running; start one with `dordt fleet balena rollout "
@@ -707,6 +710,16 @@ def rollout_next(reg: Registry, client: BalenaClient, zone: str | None = None) -
         raise BalenaError(f"rollout {rollout['id']} has reached every gateway already",
                           EXIT_FAILED)
     problems = _not_ready(reg, client, rollout)
+    if problems and halt_after_s is not None:
+        last_pin = max(dt.datetime.strptime(r["pinned_at"], "%Y-%m-%dT%H:%M:%SZ").replace(
+            tzinfo=dt.UTC) for r in rollout["gateways"])
+        waited_s = ((now or dt.datetime.now(dt.UTC)) - last_pin).total_seconds()
+        if waited_s >= halt_after_s:
+            halted = rollout_halt(reg, client)
+            raise BalenaError(f"rollout {rollout['id']} halted: {', '.join(problems)} not on "
+                              f"{rollout['release'][:12]} {waited_s:.0f} s after the stage "
+                              f"{rollout['stage']} began; {len(halted['restored'])} "
+                              "gateway(s) pinned back", EXIT_FAILED)
     if problems:
         raise BalenaError(f"rollout {rollout['id']} stays at stage {rollout['stage']}: not "
                           f"yet on {rollout['release'][:12]}: {', '.join(problems)}; wait and "

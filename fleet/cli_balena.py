@@ -71,6 +71,9 @@ def register(sub) -> None:
     p = rs.add_parser("next", help="the next stage (refused until every gateway pinned so "
                       "far is online and runs the release)")
     p.add_argument("--zone", help="the zone of the stage after the canaries")
+    p.add_argument("--halt-after-s", type=float, metavar="S",
+                   help="if the stage is still not ready S seconds after its last pin, halt "
+                   "the rollout (pin everyone back) instead of waiting (for cron)")
     p.add_argument("--json", action="store_true")
     _common(p)
     p.set_defaults(handler=command_rollout_next)
@@ -198,7 +201,8 @@ def command_rollout_start(args) -> int:
 def command_rollout_next(args) -> int:
     from fleet import balena
 
-    doc = _run(args, lambda reg, client: balena.rollout_next(reg, client, args.zone))
+    doc = _run(args, lambda reg, client: balena.rollout_next(reg, client, args.zone,
+                                                             args.halt_after_s))
     _print_stage(doc, args.json)
     return 0
 

@@ -3,6 +3,7 @@ against the loopback stand-in of the balena API (tests/fixtures/balena_api.py)."
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import socket
@@ -501,3 +502,28 @@ def test_the_stand_in_refuses_what_the_real_api_refuses(balena_api):
                         timeout=5).status_code == 501
     assert len(balena_api.unimplemented) == 2
     balena_api.unimplemented.clear()
+
+
+def test_a_canary_that_never_takes_the_release_halts_the_rollout_by_itself(fleet):
+    fleet.link_all()
+    assert fleet.cli("pin", "gw-mst-01", "--release", OLD)[0] == 0
+    assert fleet.cli("rollout", "start", "--release", NEW, "--canary", "gw-spz-01",
+                     "--canary", "gw-mst-01")[0] == 0
+    _runs(fleet, "gw-spz-01", release=fleet.new)  # gw-mst-01 never takes it
+    # Within the allowed time: the stage waits
+    code, _, err = fleet.cli("rollout", "next", "--zone", "spoorzone", "--halt-after-s", "3600")
+    assert code == 1 and "stays at stage canary" in _one_line(err)
+    assert fleet.api.pinned_commit(uuid_of("gw-spz-01")) == NEW
+    # Past it (library call with an injected clock): halted, both canaries pinned back
+    with fleet.reg() as reg:
+        client = balena.BalenaClient(fleet.api.url, fleet.api.token)
+        started = balena.current_rollout(reg)["gateways"][0]["pinned_at"]
+        later = dt.datetime.strptime(started, "%Y-%m-%dT%H:%M:%SZ").replace(
+            tzinfo=dt.UTC) + dt.timedelta(hours=2)
+        with pytest.raises(balena.BalenaError) as info:
+            balena.rollout_next(reg, client, "spoorzone", halt_after_s=3600, now=later)
+        assert "halted: gw-mst-01 (runs 1111" in str(info.value)
+        assert balena.current_rollout(reg) is None
+    assert fleet.api.pinned_commit(uuid_of("gw-spz-01")) is None
+    assert fleet.api.pinned_commit(uuid_of("gw-mst-01")) == OLD
+    assert fleet.api.pinned_commit(uuid_of("gw-spz-02")) is None  # the zone never reached
