@@ -16,8 +16,8 @@ Out:
   the registry (table `releases`, migration 0010);
 - `start`/`step`/`halt`: the rollout's state in the registry (tables `rollouts`,
   `rollout_nodes`, `rollout_events`) and, per gateway, an offers file
-  `<offers>/<gateway>/offers.json` (docs/ota.md §4) naming the nodes offered the release
-  and not yet updated.
+  `<offers>/<gateway>/offers.json` (docs/ota.md §4, fleet/offers.py) naming the nodes
+  offered the release and not yet updated.
 
 Stages: the canaries, then the rest of one zone, then every other zone of the rollout
 (the nodes are planned when the rollout starts; a node enrolled later waits for the next
@@ -55,16 +55,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fleet.files import mkdirs_private, write_file_atomic
+from fleet import offers as offers_file
+from fleet.files import mkdirs_private
 
 if TYPE_CHECKING:  # cryptography is imported where it is used: `dordt --help` stays quick
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 RELEASE_FORMAT = "dordt-release"
 RELEASE_FORMAT_VERSION = 1
-OFFERS_FORMAT = "dordt-ota-offers"
-OFFERS_VERSION = 1
-OFFERS_FILE = "offers.json"
 
 # docs/ota.md §3: the `ota` point's `state` field is the state's number in this table
 # (a store keeps numbers only); 0 is never used, so a string a store turned into 0 is
@@ -586,9 +584,9 @@ class RolloutBook:
 
     def offered(self, gateway: str) -> list[tuple[str, int]]:
         """(node, serial) of every node this gateway should offer a release to now."""
-        return list(self.db.execute(
+        return [(node, serial) for node, serial in self.db.execute(
             "SELECT n.node, n.serial FROM rollout_nodes n, json_each(n.gateways) g "
-            "WHERE g.value = ? AND n.state = 'offered' ORDER BY n.node, n.serial", (gateway,)))
+            "WHERE g.value = ? AND n.state = 'offered' ORDER BY n.node, n.serial", (gateway,))]
 
     def gateways(self, serial: int) -> list[str]:
         return [r[0] for r in self.db.execute(
@@ -728,13 +726,14 @@ class Rollouts:
         already right is left as it is.  The paths written."""
         written = []
         for gateway in self.book.gateways(serial):
-            offers = [{"node": node, "serial": s} for node, s in self.book.offered(gateway)]
-            path = self.offers_dir / gateway / OFFERS_FILE
-            if _offers_in(path) == offers:
-                continue  # unchanged: a gateway re-reads the file whenever it changes
-            doc = {"format": OFFERS_FORMAT, "version": OFFERS_VERSION, "issued": now,
-                   "offers": offers}
-            write_file_atomic(path, (json.dumps(doc, sort_keys=True) + "\n").encode(), 0o644)
+            offers = self.book.offered(gateway)
+            path = self.offers_dir / gateway / offers_file.FILE_NAME
+            try:
+                if offers_file.read_offers(path) == offers:
+                    continue  # unchanged: a gateway re-reads the file whenever it changes
+            except offers_file.OffersError:
+                pass  # missing or unreadable: written anew
+            offers_file.write_offers(path, offers, now)
             written.append(path)
         return written
 
@@ -925,15 +924,6 @@ class Rollouts:
                 waiting: Sequence[str] = ()) -> StepResult:
         return StepResult(r["serial"], r["state"], r["stage"], r["stages"][r["stage"]], line,
                           tuple(confirmed), tuple(waiting))
-
-
-def _offers_in(path: Path) -> list | None:
-    """The offers an offers file holds now; None when it is missing or unreadable."""
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        return doc["offers"] if doc.get("format") == OFFERS_FORMAT else None
-    except (OSError, ValueError, KeyError, AttributeError):
-        return None
 
 
 def _error_rise(baseline: int | None, status: list[StatusSample]) -> int:

@@ -496,3 +496,34 @@ def test_rollout_reads_its_evidence_from_victoriametrics(tmp_path, key, victoria
     finally:
         field.close()
         reg.close()
+
+
+# -- the offers file -----------------------------------------------------------------------
+
+
+def test_offers_file_round_trip_and_refusals(tmp_path):
+    from fleet.offers import OffersError, read_offers, write_offers
+
+    path = tmp_path / "gw" / "offers.json"
+    write_offers(path, [("0001001a", 7), ("0001001b", 7)], T0)
+    assert read_offers(path) == [("0001001a", 7), ("0001001b", 7)]
+    assert json.loads(path.read_text())["issued"] == T0
+    assert path.stat().st_mode & 0o777 == 0o644
+    bad = {
+        "cannot be read": None,
+        "not JSON": "{",
+        "not an offers file": json.dumps({"format": "dordt-keyring", "version": 1}),
+        "'offers' is not a list": json.dumps({"format": "dordt-ota-offers", "version": 1,
+                                              "offers": {}}),
+        "offer 1 is not": json.dumps({"format": "dordt-ota-offers", "version": 1,
+                                      "offers": [{"node": "0001001a", "serial": 7},
+                                                 {"node": "0001001A", "serial": 7}]}),
+        "offer 0 is not": json.dumps({"format": "dordt-ota-offers", "version": 1,
+                                      "offers": [{"node": "0001001a", "serial": "7"}]}),
+    }
+    for n, (message, text) in enumerate(bad.items()):
+        p = tmp_path / f"{n}.json"
+        if text is not None:
+            p.write_text(text)
+        with pytest.raises(OffersError, match=message):
+            read_offers(p)
