@@ -10,9 +10,11 @@ Out: per gateway: the link (device uuid, fleet), the device's environment variab
      `last_seen`) and the release it runs and is pinned to; a staged rollout of the gateway
      software (canary gateways, then one zone, then all; `halt` pins every gateway the
      rollout moved back to what it had before).
-On failure: `BalenaError` (one or two lines, with `exit_code`): 2 for a refused API key (401)
-     or bad settings, 3 when the API cannot be reached, 1 for anything else the API refused
-     or could not find (a device uuid, a release).  The messages never hold the key.
+On failure: `BalenaError` (one or two lines, with `exit_code`, dordt/errors.py): 2 for a
+     refused API key (401), bad settings or a URL that is not the balena API; 3 when the API
+     cannot be reached or does not answer within the timeout; 1 for anything else the API
+     refused or could not find (a device uuid, a release) and a rollout stage not ready.
+     The messages never hold the key.
 
 balena-sdk is used as shipped: its settings are kept in memory (never its ~/.balena file,
 which would write the key to disk) and its API endpoint is set to the configured URL.
@@ -29,6 +31,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+from dordt.errors import EXIT_CONFIG, EXIT_ENVIRONMENT, EXIT_FAILED
 from fleet.registry import Registry, utc_now
 
 DEFAULT_API_URL = "https://api.balena-cloud.com/"
@@ -36,16 +39,15 @@ ENV_API_URL = "DORDT_BALENA_API_URL"
 ENV_TOKEN = "BALENA_API_KEY"
 DEFAULT_TIMEOUT_S = 60.0  # for one operation (a pin is three requests)
 
-EXIT_FAILED, EXIT_CONFIG, EXIT_ENVIRONMENT = 1, 2, 3
 
 # What `sync` owns on a device: variables starting with VAR_PREFIX and tags starting with
 # TAG_PREFIX.  Anything else on the device is the operator's and is left alone.
 VAR_PREFIX = "DORDT_"
 TAG_PREFIX = "dordt."
 
-# Zone settings file key -> device environment variable.  The gateway's configuration reads
-# them (docs/fleet.md, "Gateways on balena"); DORDT_INFLUX_TOKEN is the store token's
-# default `token_env` in gateway/config.py.
+# Zone settings file key -> device environment variable (docs/fleet.md, "Gateways on
+# balena").  The gateway reads DORDT_INFLUX_TOKEN (the default `token_env` of
+# gateway/config.py); the others name its gateway.toml settings for the gateway to take.
 SETTING_VARS = {
     "mqtt_url": "DORDT_MQTT_URL",
     "store_url": "DORDT_STORE_URL",
