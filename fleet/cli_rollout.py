@@ -298,5 +298,6 @@ def _print_one(doc: dict) -> None:
     counts = ", ".join(f"{n} {state}" for state, n in sorted(r["nodes_by_state"].items()))
     print(f"nodes: {counts}")
     for n in r["nodes"]:
+        ota = f"  gateway says {n['ota_state']}" if n["ota_state"] else ""
         print(f"  {n['node']}  {r['stages'][n['stage']]:<24} {n['state']:<10} "
-              f"{','.join(n['gateways'])}")
+              f"{','.join(n['gateways'])}{ota}")

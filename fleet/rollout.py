@@ -757,10 +757,13 @@ class Rollouts:
         # a node's evidence counts from its offer; node clocks may run a little ahead
         ev = self.evidence.read({n["node"]: n["offered_s"] for n in watched}, now + 3600)
         code = release.version_code
-        confirmed, waiting, problems = [], [], []
+        confirmed, waiting, problems, progress = [], [], [], []
         for n in watched:
             node = n["node"]
             status = ev.status.get(node, [])
+            mine = [o for o in ev.ota.get(node, []) if o.serial == serial]
+            if mine and (n["ota_s"] is None or mine[-1].time_s > n["ota_s"]):
+                progress.append((mine[-1].state, mine[-1].time_s, serial, node))
             failed = [o for o in ev.ota.get(node, [])
                       if o.serial == serial and o.state in OTA_FAILED]
             rise = _error_rise(n["baseline_errors"], status)
@@ -776,6 +779,10 @@ class Rollouts:
                 confirmed.append(node)
             else:
                 waiting.append(node)
+        if progress:
+            with self.book.db:
+                self.book.db.executemany("UPDATE rollout_nodes SET ota_state = ?, ota_s = ? "
+                                         "WHERE serial = ? AND node = ?", progress)
         if confirmed:
             with self.book.db:
                 self.book.db.executemany(
@@ -887,7 +894,8 @@ class Rollouts:
                 "stage_timeout_s": r["stage_timeout_s"], "max_error_rise": r["max_error_rise"],
                 "nodes_by_state": counts,
                 "nodes": [{**{k: n[k] for k in ("node", "zone", "stage", "state", "offered_s",
-                                                "confirmed_s", "baseline_errors")},
+                                                "confirmed_s", "baseline_errors", "ota_state",
+                                                "ota_s")},
                            "gateways": json.loads(n["gateways"])} for n in nodes],
                 "events": [{"at_s": at, "message": m} for at, m in self.book.events(serial)],
             }

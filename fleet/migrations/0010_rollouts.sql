@@ -41,6 +41,8 @@ CREATE TABLE rollout_nodes (
     offered_s INTEGER,
     confirmed_s INTEGER,
     baseline_errors INTEGER,              -- its error_count before the offer, if the store had one
+    ota_state TEXT,                       -- the newest `ota` state its gateway reported for it
+    ota_s INTEGER,                        -- ... and when (docs/ota.md §3)
     PRIMARY KEY (serial, node)
 );
 

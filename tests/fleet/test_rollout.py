@@ -171,6 +171,9 @@ def test_canaries_confirm_then_one_zone_then_all_zones(fleet):
     field.ota("00c10001", T0 + 20, 7, "downloading")
     before = (tmp / "offers" / "gw-spz" / "offers.json").read_bytes()
     assert rollouts.step(7, T0 + 30).waiting == ("00c10001",)
+    canary = rollouts.status(7)["rollout"]["nodes"][0]
+    assert (canary["node"], canary["ota_state"], canary["ota_s"]) == ("00c10001",
+                                                                      "downloading", T0 + 20)
     # nothing changed: the file is not rewritten (a gateway re-reads it on every change)
     assert (tmp / "offers" / "gw-spz" / "offers.json").read_bytes() == before
     field.status("00c10001", T0 + 100, NEW, errors=0)  # restarted into 1.2.0
