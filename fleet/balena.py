@@ -694,7 +694,8 @@ def _not_ready(reg: Registry, client: BalenaClient, rollout: dict) -> list[str]:
         if not device["is_online"]:
             problems.append(f"{name} (offline)")
         elif device["running_release"] != rollout["release"]:
-            problems.append(f"{name} (runs {device['running_release'] or 'nothing yet'})")
+            running = device["running_release"]
+            problems.append(f"{name} (runs {running[:12] if running else 'nothing yet'})")
     return problems
 
 

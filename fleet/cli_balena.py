@@ -118,6 +118,12 @@ def _short(commit: str | None) -> str:
     return commit[:12] if commit else "-"
 
 
+def _pinned(row: dict) -> str:
+    if row["balena"] != "linked":
+        return "-"
+    return _short(row["pinned_release"]) if row["pinned_release"] else "fleet"
+
+
 def command_link(args) -> int:
     from fleet import balena
 
@@ -161,7 +167,7 @@ def command_status(args) -> int:
         online = "-" if r["is_online"] is None else ("yes" if r["is_online"] else "no")
         print(f"{r['gateway']:<20} {r['zone']:<14} {r['balena']:<10} {online:<7} "
               f"{r['last_seen'] or '-':<21} {_short(r['running_release']):<13} "
-              f"{_short(r['pinned_release']) if r['pinned_release'] else 'fleet':<13} "
+              f"{_pinned(r):<13} "
               f"{r['rollout_stage'] or '-'}")
     return 0
 
