@@ -111,6 +111,12 @@ def _register_gateway(sub) -> None:
                      help="the gateway's keyring-x25519.pub (`dordt gateway keyring-key init`)")
     _common(add)
     add.set_defaults(handler=command_gateway_add)
+    setkey = gs.add_parser("set-key", help="give a gateway its (new) keyring key")
+    setkey.add_argument("name", metavar="NAME")
+    setkey.add_argument("--keyring-pub", required=True, metavar="FILE",
+                        help="the gateway's keyring-x25519.pub")
+    _common(setkey)
+    setkey.set_defaults(handler=command_gateway_set_key)
     ls = gs.add_parser("ls", help="list gateways")
     ls.add_argument("--json", action="store_true")
     _common(ls)
@@ -307,18 +313,28 @@ def command_registry_backup(args: argparse.Namespace) -> int:
 # -- gateways -----------------------------------------------------------------------------
 
 
+def _read_pub(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read the gateway's keyring key "
+                        f"({getattr(exc, 'strerror', None) or 'not text'})", 2) from None
+
+
 def command_gateway_add(args: argparse.Namespace) -> int:
-    pub = None
-    if args.keyring_pub:
-        try:
-            pub = Path(args.keyring_pub).read_text(encoding="ascii")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UserError(f"{args.keyring_pub}: cannot read the gateway's keyring key "
-                            f"({getattr(exc, 'strerror', None) or 'not text'})", 2) from None
+    pub = _read_pub(args.keyring_pub) if args.keyring_pub else None
     with _open(args) as reg:
         gw = _call(reg.add_gateway, args.name, args.zone, pub)
     print(f"added gateway {gw['name']} ({gw['zone']})"
           + ("" if pub else "; give it a keyring key before issuing keyrings"))
+    return 0
+
+
+def command_gateway_set_key(args: argparse.Namespace) -> int:
+    pub = _read_pub(args.keyring_pub)
+    with _open(args) as reg:
+        gw = _call(reg.set_gateway_key, args.name, pub)
+    print(f"gateway {gw['name']}: its next keyring is sealed to the new key; issue one now")
     return 0
 
 

@@ -548,6 +548,20 @@ class Registry:
                             (name, zone, hardware, keyring_pub, utc_now()))
         return self.gateway(name)
 
+    def set_gateway_key(self, name: str, keyring_pub: str) -> dict:
+        """Give a gateway its (new) keyring key: its next keyring is sealed to it."""
+        from fleet.keyring_file import GATEWAY_TAG, KeyringFileError, parse_public
+
+        self.gateway(name)
+        try:
+            parse_public(keyring_pub, GATEWAY_TAG, f"gateway {name} keyring key")
+        except KeyringFileError as exc:
+            raise RegistryError(str(exc)) from None
+        with self.db:
+            self.db.execute("UPDATE gateways SET keyring_pub = ? WHERE name = ?",
+                            (keyring_pub.strip(), name))
+        return self.gateway(name)
+
     def set_gateway_state(self, name: str, state: str) -> dict:
         if state not in STATES:
             raise RegistryError(f"state {state!r}: use one of {', '.join(STATES)}")
@@ -567,7 +581,7 @@ class Registry:
         if not gw["keyring_pub"]:
             raise RegistryError(f"gateway {gateway} has no keyring key: run `dordt gateway "
                                 "keyring-key init` on it and give the .pub to `dordt fleet "
-                                "gateway add --keyring-pub` (or `gateway set-key`)")
+                                "gateway set-key`")
         recipient = keyring_file.parse_public(gw["keyring_pub"], keyring_file.GATEWAY_TAG,
                                               f"gateway {gateway}")
         ring = self.keyring(gateway)

@@ -362,3 +362,20 @@ def test_serials_grow_per_gateway_and_keyring_commands_work(reg, tmp_path, capsy
     assert "gateway gw-none is not in the registry" in capsys.readouterr().err
     assert main(["fleet", "gateway", "add", "gw-spz", "--zone", "nowhere", *r]) == 2
     assert "zone 'nowhere' is not in the registry" in capsys.readouterr().err
+
+
+def test_a_gateway_without_a_keyring_key_gets_one_later(reg, tmp_path, capsys, gateway_keys):
+    private, public = gateway_keys
+    reg.add_gateway("gw-late", "spoorzone")
+    signer = Ed25519PrivateKey.generate()
+    with pytest.raises(RegistryError, match="has no keyring key.*gateway set-key"):
+        reg.issue_keyring("gw-late", signer)
+    (tmp_path / "bad.pub").write_text("dordt-keyring-ed25519 " + "00" * 32)
+    r = ["--registry", str(reg.path)]
+    assert main(["fleet", "gateway", "set-key", "gw-late", "--keyring-pub",
+                 str(tmp_path / "bad.pub"), *r]) == 2
+    assert "not a dordt-gateway-x25519 public key" in capsys.readouterr().err
+    assert main(["fleet", "gateway", "set-key", "gw-late", "--keyring-pub",
+                 str(tmp_path / "gw" / "keyring-x25519.pub"), *r]) == 0
+    data, serial = reg.issue_keyring("gw-late", signer)
+    assert keyring_file.open_signed(data, "k", signer.public_key(), "gw-late", private).serial == 1
