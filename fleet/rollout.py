@@ -211,6 +211,10 @@ def _release_from_json(doc: dict, sha: str) -> Release:
         paths.append(p)
     if len(set(paths)) != len(paths):
         raise ValueError("a file is listed twice")
+    if "MANIFEST.json" not in paths:
+        raise ValueError("files/MANIFEST.json, the slot manifest, is not listed")
+    if doc["size"] != sum(entry["size"] for entry in files):
+        raise ValueError(f"size {doc['size']!r} is not the sum of the files' sizes")
     return Release(serial, doc["version"], doc["rollback"] is True,
                    tuple(str(k) for k in doc["kinds"]), tuple(str(h) for h in doc["hardware"]),
                    doc["min_firmware"], int(doc["size"]), int(doc["created"]), sha,
@@ -247,15 +251,17 @@ def publish(book: RolloutBook, release_dir: str | Path, public_key: Ed25519Publi
         raise ReleaseError(f"serial {release.serial} is below the last published serial "
                            f"{highest}: nodes that took it would refuse this one; build "
                            f"the release again with a serial above {highest}")
-    _copy_release(Path(release_dir), release, Path(releases_dir))
+    _copy_release(Path(release_dir), release, Path(releases_dir), public_key)
     book.add_release(release, Path(releases_dir) / str(release.serial), now_s)
     return release
 
 
-def _copy_release(src: Path, release: Release, releases_dir: Path) -> None:
+def _copy_release(src: Path, release: Release, releases_dir: Path,
+                  public_key: Ed25519PublicKey) -> None:
     """Copy only what release.json names (plus the manifest and signature) into a temporary
-    directory beside the target, then rename it into place: a gateway syncing the store
-    sees the whole release or none of it."""
+    directory beside the target, check the copy again (the source may have changed since
+    it was checked), then rename it into place: a gateway syncing the store sees the whole
+    release or none of it."""
     mkdirs_private(releases_dir)
     target = releases_dir / str(release.serial)
     tmp = releases_dir / f".{release.serial}.partial"
@@ -267,6 +273,14 @@ def _copy_release(src: Path, release: Release, releases_dir: Path) -> None:
         dst = tmp / "files" / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src / "files" / rel, dst)
+    try:
+        copied = read_release(tmp, public_key)
+    except ReleaseError:
+        copied = None
+    if copied is None or copied.manifest_sha256 != release.manifest_sha256:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ReleaseError(f"{src}: changed while it was being published; nothing was "
+                           "published, try again when it is complete")
     if target.exists():  # left by a publish that died before recording it (never recorded)
         shutil.rmtree(target)
     os.replace(tmp, target)

@@ -530,3 +530,51 @@ def test_offers_file_round_trip_and_refusals(tmp_path):
             p.write_text(text)
         with pytest.raises(OffersError, match=message):
             read_offers(p)
+
+
+def resign(root: Path, key: Ed25519PrivateKey, change) -> Path:
+    """release.json changed by `change(doc)` and signed again with the release key."""
+    doc = json.loads((root / "release.json").read_bytes())
+    change(doc)
+    body = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    (root / "release.json").write_bytes(body)
+    (root / "release.sig").write_text(key.sign(body).hex() + "\n")
+    return root
+
+
+def test_publish_refuses_signed_manifests_that_do_not_add_up(tmp_path, key, monkeypatch):
+    from fleet import rollout
+
+    reg = make_registry(tmp_path / "fleet.sqlite")
+    pub = write_public_key(tmp_path / "release.pub", key)
+    book = RolloutBook(reg.db)
+    cases = {
+        "is not the sum of the files' sizes": lambda d: d.update(size=d["size"] + 1),
+        "MANIFEST.json, the slot manifest, is not listed": lambda d: d.update(
+            files=[f for f in d["files"] if f["path"] != "MANIFEST.json"]),
+        "not a relative path inside files/": lambda d: d["files"].append(
+            {"path": "../../etc/passwd", "sha256": "0" * 64, "size": 0}),
+        "format 'dordt-keyring'": lambda d: d.update(format="dordt-keyring"),
+        "serial 0 is not an integer >= 1": lambda d: d.update(serial=0),
+        "is not M.m.p": lambda d: d.update(version="1.2"),
+    }
+    for n, (message, change) in enumerate(cases.items()):
+        root = resign(make_release(tmp_path / f"r{n}", key, 7), key, change)
+        with pytest.raises(rollout.ReleaseError, match=message):
+            publish(book, root, rollout.load_public_key(pub), tmp_path / "releases", T0)
+    assert book.releases() == []
+
+    # a file that changes while it is copied: the copy is checked again, nothing published
+    real_copy = rollout.shutil.copyfile
+
+    def copy_then_change(src, dst):
+        real_copy(src, dst)
+        if str(dst).endswith("protocol.mpy"):
+            Path(dst).write_bytes(b"changed")
+
+    monkeypatch.setattr(rollout.shutil, "copyfile", copy_then_change)
+    with pytest.raises(rollout.ReleaseError, match="changed while it was being published"):
+        publish(book, make_release(tmp_path / "r", key, 7), rollout.load_public_key(pub),
+                tmp_path / "releases", T0)
+    assert book.releases() == [] and list((tmp_path / "releases").iterdir()) == []
+    reg.close()
