@@ -7,6 +7,8 @@ import datetime as dt
 import json
 import logging
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -397,6 +399,24 @@ def test_an_api_that_never_answers_is_one_line_after_the_timeout(fleet):
     _, err = fleet.capsys.readouterr()
     assert code == 3 and "did not answer within 0.5 s" in _one_line(err)
     assert elapsed_s < 5
+
+
+def test_the_command_process_exits_on_time_with_a_request_left_hanging(fleet):
+    """The abandoned request thread does not keep the `dordt` process alive."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(4)
+    try:
+        run = subprocess.run(
+            [sys.executable, "-m", "dordt.cli", "fleet", "balena", "link", "gw-spz-01",
+             uuid_of("gw-spz-01"), "--registry", str(fleet.registry), "--token-file",
+             str(fleet.token_file), "--timeout-s", "0.5",
+             "--api-url", f"http://127.0.0.1:{silent.getsockname()[1]}/"],
+            capture_output=True, text=True, timeout=60)
+    finally:
+        silent.close()
+    assert run.returncode == 3 and "did not answer within 0.5 s" in _one_line(run.stderr)
+    assert fleet.api.token not in run.stdout + run.stderr
 
 
 def test_a_url_that_is_not_the_balena_api_is_one_line(fleet):
