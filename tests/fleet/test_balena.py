@@ -474,6 +474,27 @@ def test_the_api_key_appears_in_no_output_log_exception_or_file(fleet, tmp_path,
     assert not (tmp_path / ".balena").exists()
 
 
+def test_debug_runs_log_requests_and_tracebacks_but_not_the_key(fleet, tmp_path):
+    """--debug: urllib3's request log and the traceback of a refused key, in a real process."""
+    fleet.link_all()
+    wrong = tmp_path / "wrong.key"
+    wrong.write_text("wrong-key-abcdef0123456789\n")
+    outputs = []
+    for token_file in (fleet.token_file, wrong):
+        run = subprocess.run(
+            [sys.executable, "-m", "dordt.cli", "--debug", "fleet", "balena", "status",
+             "--registry", str(fleet.registry), "--token-file", str(token_file),
+             "--api-url", fleet.api.url], capture_output=True, text=True, timeout=60)
+        outputs.append(run)
+    ok, refused = outputs
+    assert ok.returncode == 0 and "GET /v7/device?" in ok.stderr  # the debug log is there
+    assert refused.returncode != 0 and "Traceback" in refused.stderr
+    assert "refused the API key (401)" in refused.stderr
+    for run in outputs:
+        assert fleet.api.token not in run.stdout + run.stderr
+        assert "wrong-key-abcdef0123456789" not in run.stdout + run.stderr
+
+
 # -- the stand-in is as strict as the API -------------------------------------------------
 
 
