@@ -226,14 +226,22 @@ class Gateway:
                 self.rejections = (self.rejections + [r])[-20:]
         if readings:
             self.forwarder.wake()
-            self._send_time([r for r in readings if r.time_estimated])
+            unsynced = [r for r in readings if r.time_estimated]
+            if unsynced:
+                self._send_time(unsynced, envelopes, results)
         return results
 
-    def _send_time(self, unsynced: list[Reading]) -> None:
+    def _send_time(self, unsynced: list[Reading], envelopes: list[Envelope],
+                   results: list) -> None:
         """Nodes without a clock get the gateway's time on their downlink topic, signed with
-        their key (firmware/uplink/mqtt.py: encode_time), at most once a minute each."""
+        their key (firmware/uplink/mqtt.py: encode_time), at most once a minute each.
+        Signed with the key id of the node's frame: during a key rotation the keyring holds
+        two keys, and a node accepts time only under the key id it uses."""
         if self.ingest is None or not unsynced:
             return
+        # byte 3 of a frame is its key id (docs/protocol.md §2)
+        key_ids = {r.node: env.payload[3] for env, r in zip(envelopes, results, strict=True)
+                   if type(r) is Reading and r.time_estimated}
         now = time.time()
         for r in unsynced:
             node_id = int(r.node, 16)
@@ -243,7 +251,9 @@ class Gateway:
                 continue
             if now - self._time_sent.get(node_id, 0.0) < TIME_DOWNLINK_EVERY_S:
                 continue
-            key_id = max(entry.keys)
+            key_id = key_ids.get(r.node, max(entry.keys))
+            if key_id not in entry.keys:
+                continue
             msg = encode_time(entry.keys[key_id], node_id, max(window.highest, 0), int(now),
                               key_id)
             if self.ingest.send(topic_down(entry.zone, node_id), msg):

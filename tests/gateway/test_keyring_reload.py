@@ -225,3 +225,42 @@ def test_revocation_rotation_and_bad_keyrings_apply_to_a_running_gateway(setup):
     good, serial = s.issue()
     s.install(good)
     wait_until(lambda: s.health()["keyring"]["serial"] == serial, 15, "a good keyring again")
+
+
+def test_during_a_rotation_time_downlinks_use_the_key_id_the_node_sent_with(mosquitto,
+                                                                            tmp_path):
+    import paho.mqtt.client as mqtt
+
+    from firmware.uplink.mqtt import decode_time, topic_down
+    from fleet.keyring import Keyring, NodeEntry
+    from gateway.forward.local import LocalStore
+    from gateway.pipeline import Gateway
+
+    node = SimFleet(seed=17, status_every=0).nodes[0]
+    new_key = bytes(range(32))
+    ring = Keyring([NodeEntry(node.node_id, node.placement.kind, node.placement.zone,
+                              node.placement.site, {0: node.key, 1: new_key})])
+    got = []
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="rotating-node")
+    sub.on_message = lambda c, u, m: got.append(m.payload)
+    sub.connect(mosquitto.host, mosquitto.port)
+    sub.subscribe(topic_down(node.placement.zone, node.node_id), qos=1)
+    sub.loop_start()
+    gateway = Gateway(ring, LocalStore(tmp_path / "s.sqlite"), tmp_path / "gw", mosquitto.url,
+                      client_id="rotation-time-gateway")
+    gateway.start()
+    try:
+        assert gateway.ingest.wait_connected(10)
+        for key_id, key in ((0, node.key), (1, new_key)):
+            node._signer = FrameSigner(key, key_id)
+            gateway._time_sent.clear()  # at most one a minute: let the second one go
+            frame = node.encode(node.values(0), 42, 10, flags=protocol.FLAG_TIME_UNSYNCED)
+            publish_qos1(mosquitto.host, mosquitto.port, [(node.topic, frame)])
+            wait_until(lambda n=key_id: len(got) > n, 10, f"a time downlink for key {key_id}")
+            assert decode_time(got[key_id], key, node.node_id, key_id) is not None
+            assert decode_time(got[key_id], new_key if key_id == 0 else node.key,
+                               node.node_id, 1 - key_id) is None
+    finally:
+        gateway.stop()
+        sub.disconnect()
+        sub.loop_stop()
