@@ -10,6 +10,8 @@ of hours runs in milliseconds.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -424,6 +426,10 @@ def test_cli_rollout_status_json_and_halt_withdraws_offers(tmp_path, key, capsys
     assert r["canary_timeout_s"] == 900 and r["nodes_by_state"] == {"offered": 2,
                                                                      "planned": 3}
     assert {n["node"]: n["gateways"] for n in r["nodes"]}["00c10004"] == ["gw-mst"]
+    # the real entry point, in its own process, says the same
+    proc = subprocess.run([sys.executable, "-m", "dordt.cli", "fleet", "release", "status", "7",
+                           "--json", *reg], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and json.loads(proc.stdout) == doc
 
     code, out, err = run(capsys, "fleet", "release", "halt", "7", *reg)
     assert code == 0 and "release 7 HALTED: halted by the operator" in out
