@@ -434,6 +434,9 @@ class Registry:
         return self.node(node)
 
     def note_seen(self, node: str, when: str, firmware: str | None = None) -> None:
+        """Record that `node` was heard at `when` (ISO 8601 UTC; an older time does not move
+        last_seen back) running `firmware` (None: unchanged).  For the parts that read the
+        store or the rollouts (fleet health, OTA)."""
         with self.db:
             self.db.execute("UPDATE nodes SET last_seen = max(coalesce(last_seen, ''), ?), "
                             "firmware = coalesce(?, firmware) WHERE node = ?",
@@ -547,6 +550,13 @@ class Registry:
                             "VALUES (?, ?, ?, ?, ?)",
                             (name, zone, hardware, keyring_pub, utc_now()))
         return self.gateway(name)
+
+    def note_gateway_seen(self, name: str, when: str, software: str | None = None) -> None:
+        """As note_seen(), for a gateway (its heartbeats, or balena's last seen)."""
+        with self.db:
+            self.db.execute("UPDATE gateways SET last_seen = max(coalesce(last_seen, ''), ?), "
+                            "software = coalesce(?, software) WHERE name = ?",
+                            (when, software, name))
 
     def set_gateway_key(self, name: str, keyring_pub: str) -> dict:
         """Give a gateway its (new) keyring key: its next keyring is sealed to it."""

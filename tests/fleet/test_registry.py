@@ -379,3 +379,15 @@ def test_a_gateway_without_a_keyring_key_gets_one_later(reg, tmp_path, capsys, g
                  str(tmp_path / "gw" / "keyring-x25519.pub"), *r]) == 0
     data, serial = reg.issue_keyring("gw-late", signer)
     assert keyring_file.open_signed(data, "k", signer.public_key(), "gw-late", private).serial == 1
+
+
+def test_last_seen_only_moves_forward(reg):
+    reg.add_node(AIR_SPZ1, "air", "spoorzone", "spz-01", secrets.token_bytes(32))
+    reg.add_gateway("gw-a", "spoorzone")
+    reg.note_seen(AIR_SPZ1, "2026-12-04T10:00:00Z", firmware="0.2.0")
+    reg.note_seen(AIR_SPZ1, "2026-12-04T09:00:00Z")
+    reg.note_gateway_seen("gw-a", "2026-12-04T10:00:00Z", software="v5")
+    reg.note_gateway_seen("gw-a", "2026-12-03T10:00:00Z")
+    node, gw = reg.node(AIR_SPZ1), reg.gateway("gw-a")
+    assert (node["last_seen"], node["firmware"]) == ("2026-12-04T10:00:00Z", "0.2.0")
+    assert (gw["last_seen"], gw["software"]) == ("2026-12-04T10:00:00Z", "v5")
