@@ -457,7 +457,8 @@ def _linked(reg: Registry, names: list[str] | None) -> list[tuple[dict, dict]]:
 
 
 def _remember(reg: Registry, gateway: str, device: dict) -> None:
-    """Keep what balena said, and move the registry gateway's last_seen forward."""
+    """Keep what balena said, and move the registry gateway's last_seen (and software: the
+    release it runs) forward."""
     with reg.db:
         reg.db.execute(
             "UPDATE balena_devices SET device_name = ?, fleet = ?, is_online = ?, "
@@ -466,9 +467,9 @@ def _remember(reg: Registry, gateway: str, device: dict) -> None:
             (device["device_name"], device["fleet"], int(device["is_online"]),
              device["last_seen"], device["running_release"], device["pinned_release"],
              utc_now(), gateway))
-        if device["last_seen"]:
-            reg.db.execute("UPDATE gateways SET last_seen = max(coalesce(last_seen, ''), ?) "
-                           "WHERE name = ?", (device["last_seen"], gateway))
+    if device["last_seen"]:
+        # balena's release commit is the gateway's software version
+        reg.note_gateway_seen(gateway, device["last_seen"], software=device["running_release"])
 
 
 # -- operations ---------------------------------------------------------------------------

@@ -103,6 +103,7 @@ def test_link_checks_the_device_on_balena_and_records_it(fleet):
             "gw-spz-01", uuid_of("gw-spz-01"), "dordt/gateways")
         # last seen read from balena went into the registry's gateway
         assert reg.gateway("gw-spz-01")["last_seen"] == "2026-12-04T10:00:00Z"
+        assert reg.gateway("gw-spz-01")["software"] == OLD  # the release it runs
 
     code, _, err = fleet.cli("link", "gw-spz-02", "f" * 32)  # no such device on balena
     assert code == 1 and "no such device" in _one_line(err)
@@ -234,6 +235,7 @@ def test_status_reads_online_state_last_seen_and_releases(fleet):
     assert rows["gw-spb-01"]["is_online"] is None
     with fleet.reg() as reg:
         assert reg.gateway("gw-mst-01")["last_seen"] == "2026-12-04T18:30:05Z"
+        assert reg.gateway("gw-mst-01")["software"] == NEW
         assert reg.gateway("gw-spb-01")["last_seen"] is None
     # one read of balena for all linked devices
     code, out, _ = fleet.cli("status")
