@@ -89,6 +89,8 @@ def apply(flash, doc):
                          "the newest rekey file" % (doc.get("from_key_id"), cfg.key_id))
     key_id, key = unwrap(doc, cfg.key)
     raw = config.peek(flash)
+    if raw is None:  # load() just read it: only a flash failing between the two reads
+        raise RekeyError("config.json could not be read again; nothing was changed")
     key_file = "node-%d.key" % key_id
     raw["key_id"] = key_id
     raw["key_file"] = key_file
