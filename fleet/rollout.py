@@ -95,6 +95,11 @@ class EvidenceError(OSError):
     """The store could not be read; nothing was changed."""
 
 
+class _Moved(Exception):
+    """Another step changed the rollout after this one read it: this one's change is
+    rolled back."""
+
+
 def version_code(version: str) -> int:
     """"M.m.p" → MMmmpp, the `firmware_version` a node reports (docs/protocol.md §8)."""
     m = _VERSION.fullmatch(version)
@@ -700,23 +705,31 @@ class Rollouts:
                           + (f" ({len(plan.skipped)} node(s) left out: the release is not "
                              "for them)" if plan.skipped else ""))
 
-    def _offer_stage(self, serial: int, stage: int, now: int) -> None:
+    def _offer_stage(self, serial: int, stage: int, now: int, event: str) -> None:
         members = [n["node"] for n in self.book.nodes(serial) if n["stage"] == stage]
         baselines = self._baselines(members, now)
         with self.book.db:
-            self._mark_offered(serial, stage, members, baselines, now)
+            self._mark_offered(serial, stage, members, baselines, now, from_stage=stage - 1)
+            self._event(serial, now, event)
         self.write_offers(serial, now)
 
     def _mark_offered(self, serial: int, stage: int, members: list[str],
-                      baselines: dict[str, int], now: int) -> None:
-        """In the caller's transaction: the stage's nodes are offered from now on."""
+                      baselines: dict[str, int], now: int, from_stage: int | None = None
+                      ) -> None:
+        """In the caller's transaction: the stage's nodes are offered from now on.  With
+        `from_stage`, only if the rollout is still running at that stage (else _Moved)."""
+        sql = ("UPDATE rollouts SET stage = ?, stage_started_s = ?, updated_s = ? "
+               "WHERE serial = ?")
+        params: tuple = (stage, now, now, serial)
+        if from_stage is not None:
+            sql += " AND state = 'running' AND stage = ?"
+            params += (from_stage,)
+        if self.book.db.execute(sql, params).rowcount != 1:
+            raise _Moved
         self.book.db.executemany(
             "UPDATE rollout_nodes SET state = 'offered', offered_s = ?, baseline_errors = ? "
             "WHERE serial = ? AND node = ?",
             [(now, baselines.get(node), serial, node) for node in members])
-        self.book.db.execute(
-            "UPDATE rollouts SET stage = ?, stage_started_s = ?, updated_s = ? "
-            "WHERE serial = ?", (stage, now, now, serial))
 
     def _baselines(self, nodes: list[str], now: int) -> dict[str, int]:
         """Each node's newest error_count before its offer (the rise is counted from it)."""
@@ -754,7 +767,17 @@ class Rollouts:
     # -- step -------------------------------------------------------------------------
 
     def step(self, serial: int, now_s: float) -> StepResult:
-        """Look at the evidence once: advance, halt, finish, or wait."""
+        """Look at the evidence once: advance, halt, finish, or wait.  Two steps at once
+        (cron and a watch) are safe: each move is made only from the state it was decided
+        on, and the later step does nothing."""
+        try:
+            return self._step(serial, now_s)
+        except _Moved:
+            return self._result(self._rollout(serial),
+                                f"release {serial}: another step moved the rollout on "
+                                "meanwhile; this one changed nothing")
+
+    def _step(self, serial: int, now_s: float) -> StepResult:
         r = self._rollout(serial)
         now = int(now_s)
         if r["state"] != "running":
@@ -799,22 +822,27 @@ class Rollouts:
                                          "WHERE serial = ? AND node = ?", progress)
         if confirmed:
             with self.book.db:
-                self.book.db.executemany(
+                # only nodes still offered: a step running at the same time may have
+                # recorded them already
+                confirmed = [node for node in confirmed if self.book.db.execute(
                     "UPDATE rollout_nodes SET state = 'confirmed', confirmed_s = ? "
-                    "WHERE serial = ? AND node = ?", [(now, serial, n) for n in confirmed])
+                    "WHERE serial = ? AND node = ? AND state = 'offered'",
+                    (now, serial, node)).rowcount]
                 # the registry's record of what each node runs (fleet/registry.py, nodes)
                 self.book.db.executemany("UPDATE nodes SET firmware = ? WHERE node = ?",
                                          [(release.version, n) for n in confirmed])
-                self._event(serial, now, f"confirmed: {', '.join(confirmed)}")
+                if confirmed:
+                    self._event(serial, now, f"confirmed: {', '.join(confirmed)}")
         name = r["stages"][stage]
         who = "canary" if stage == 0 else "node"
         if problems:
-            return self._halt(serial, now, f"stage {name}: {'; '.join(problems)}")
+            return self._halt(serial, now, f"stage {name}: {'; '.join(problems)}", stage)
         timeout = r["canary_timeout_s"] if stage == 0 else r["stage_timeout_s"]
         if waiting:
             if now - r["stage_started_s"] >= timeout:
                 return self._halt(serial, now, f"stage {name}: {who}(s) {', '.join(waiting)} "
-                                  f"did not confirm {release.version} within {timeout} s")
+                                  f"did not confirm {release.version} within {timeout} s",
+                                  stage)
             self.write_offers(serial, now)  # also repairs a file a crash left behind
             left = timeout - (now - r["stage_started_s"])
             return self._result(self._rollout(serial),
@@ -823,16 +851,16 @@ class Rollouts:
                                 f"{', ...' if len(waiting) > 5 else ''}), {left} s left",
                                 confirmed, waiting)
         if stage + 1 < len(r["stages"]):
-            with self.book.db:
-                self._event(serial, now, f"stage {name} confirmed; next: "
-                            f"{r['stages'][stage + 1]}")
-            self._offer_stage(serial, stage + 1, now)
+            self._offer_stage(serial, stage + 1, now,
+                              f"stage {name} confirmed; next: {r['stages'][stage + 1]}")
             return self._result(self._rollout(serial),
                                 f"release {serial}: stage {name} confirmed; offered to "
                                 f"{r['stages'][stage + 1]}", confirmed)
         with self.book.db:
-            self.book.db.execute("UPDATE rollouts SET state = 'done', updated_s = ? "
-                                 "WHERE serial = ?", (now, serial))
+            if self.book.db.execute(
+                    "UPDATE rollouts SET state = 'done', updated_s = ? WHERE serial = ? "
+                    "AND state = 'running' AND stage = ?", (now, serial, stage)).rowcount != 1:
+                raise _Moved
             self._event(serial, now, "done: every node confirmed")
         self.write_offers(serial, now)
         return self._result(self._rollout(serial),
@@ -862,21 +890,31 @@ class Rollouts:
 
     def halt(self, serial: int, now_s: float, reason: str = "halted by the operator"
              ) -> StepResult:
-        r = self._rollout(serial)
-        if r["state"] != "running":
+        self._rollout(serial)  # one that does not exist is an error
+        try:
+            return self._halt(serial, int(now_s), reason)
+        except _Moved:  # done or halted already (perhaps by a step just now)
+            r = self._rollout(serial)
             # still rewrite the files: they say what the registry says
             self.write_offers(serial, int(now_s))
             return self._result(r, f"release {serial}: the rollout is {r['state']} already; "
                                 "offers files rewritten")
-        return self._halt(serial, int(now_s), reason)
 
-    def _halt(self, serial: int, now: int, reason: str) -> StepResult:
+    def _halt(self, serial: int, now: int, reason: str, stage: int | None = None
+              ) -> StepResult:
+        """Halt a running rollout (at `stage`, when given; else _Moved)."""
+        sql = ("UPDATE rollouts SET state = 'halted', reason = ?, updated_s = ? "
+               "WHERE serial = ? AND state = 'running'")
+        params: tuple = (reason, now, serial)
+        if stage is not None:
+            sql += " AND stage = ?"
+            params += (stage,)
         with self.book.db:
+            if self.book.db.execute(sql, params).rowcount != 1:
+                raise _Moved
             n = self.book.db.execute(
                 "UPDATE rollout_nodes SET state = 'withdrawn' WHERE serial = ? "
                 "AND state = 'offered'", (serial,)).rowcount
-            self.book.db.execute("UPDATE rollouts SET state = 'halted', reason = ?, "
-                                 "updated_s = ? WHERE serial = ?", (reason, now, serial))
             self._event(serial, now, f"HALTED: {reason}; offers withdrawn from {n} node(s)")
         self.write_offers(serial, now)
         never = sum(1 for x in self.book.nodes(serial) if x["state"] == "planned")

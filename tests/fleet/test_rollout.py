@@ -258,6 +258,34 @@ def test_a_node_reporting_rolled_back_halts_at_once(fleet):
     assert result.state == "halted" and "canary 00c10001 reported rolled_back" in result.line
 
 
+def test_two_steps_at_once_move_the_rollout_once(fleet):
+    """cron's step and an operator's watch, on two registry connections: the step that
+    decided on a state another step has changed meanwhile changes nothing."""
+    reg, field, rollouts, tmp = fleet
+    start(reg, rollouts)
+    field.status("00c10001", T0 + 60, NEW)
+    other_reg = Registry.open(reg.path)
+    other = Rollouts(RolloutBook(other_reg.db), tmp / "offers", rollouts.evidence)
+    real_read = rollouts.evidence.read
+    raced = []
+
+    class Interleaved:
+        def read(self, since, until):  # the other step runs while this one reads the store
+            if not raced:
+                raced.append(other.step(7, T0 + 70))
+            return real_read(since, until)
+
+    mine = Rollouts(rollouts.book, tmp / "offers", Interleaved())
+    result = mine.step(7, T0 + 71)
+    assert raced[0].stage_name == "zone spoorzone"
+    assert "another step moved the rollout on" in result.line
+    assert result.stage_name == "zone spoorzone"
+    events = [m for _, m in rollouts.book.events(7)]
+    assert sum(m.startswith("stage canary confirmed") for m in events) == 1
+    assert sum(m.startswith("confirmed: 00c10001") for m in events) == 1
+    other_reg.close()
+
+
 def test_error_rise_counts_across_counter_resets():
     def samples(*counts):
         return [StatusSample(i, NEW, c) for i, c in enumerate(counts)]
