@@ -57,11 +57,16 @@ class Fleet:
         self.token_file = tmp_path / "balena.key"
         self.token_file.write_text(api.token + "\n")
 
-    def cli(self, *args: str, token_file=None) -> tuple[int, str, str]:
+    def cli(self, *args: str, token_file=None, api_url=None) -> tuple[int, str, str]:
+        """`dordt fleet balena ARGS` on this registry, key file and stand-in."""
+        return self.run(*args, "--token-file", str(token_file or self.token_file),
+                        api_url=api_url)
+
+    def run(self, *args: str, api_url=None) -> tuple[int, str, str]:
+        """The same without a key file: (exit code, stdout, stderr)."""
         self.capsys.readouterr()
         code = main(["fleet", "balena", *args, "--registry", str(self.registry),
-                     "--token-file", str(token_file or self.token_file),
-                     "--api-url", self.api.url])
+                     "--api-url", api_url or self.api.url])
         out, err = self.capsys.readouterr()
         return code, out, err
 
@@ -360,13 +365,10 @@ def test_a_wrong_or_missing_api_key_is_one_line_without_the_key(fleet, tmp_path,
     with fleet.reg() as reg:
         assert reg.db.execute("SELECT count(*) FROM balena_devices").fetchone()[0] == 0
 
-    code, _, err = main(["fleet", "balena", "status", "--registry", str(fleet.registry),
-                         "--api-url", fleet.api.url]), *fleet.capsys.readouterr()
+    code, _, err = fleet.run("status")
     assert code == 2 and "BALENA_API_KEY" in _one_line(err)
     monkeypatch.setenv("BALENA_API_KEY", fleet.api.token)  # the key from the environment
-    code, out, err = main(["fleet", "balena", "status", "--json", "--registry",
-                           str(fleet.registry), "--api-url", fleet.api.url]), \
-        *fleet.capsys.readouterr()
+    code, out, err = fleet.run("status", "--json")
     assert code == 0, err
     assert fleet.api.token not in out + err
     code, _, err = fleet.cli("status", token_file=tmp_path / "nope.key")
@@ -383,40 +385,31 @@ def test_an_unreachable_api_is_one_line(fleet):
         assert fleet.api.token not in out + err
 
 
-def test_an_api_that_never_answers_is_one_line_after_the_timeout(fleet):
+@pytest.fixture
+def silent_api_url() -> Iterator[str]:
     """A server that takes the connection and the request and never answers."""
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(4)
-    try:
-        fleet.capsys.readouterr()
-        started = time.monotonic()
-        code = main(["fleet", "balena", "link", "gw-spz-01", uuid_of("gw-spz-01"),
-                     "--registry", str(fleet.registry),
-                     "--token-file", str(fleet.token_file), "--timeout-s", "0.5",
-                     "--api-url", f"http://127.0.0.1:{silent.getsockname()[1]}/"])
-        elapsed_s = time.monotonic() - started
-    finally:
-        silent.close()
-    _, err = fleet.capsys.readouterr()
+    yield f"http://127.0.0.1:{silent.getsockname()[1]}/"
+    silent.close()
+
+
+def test_an_api_that_never_answers_is_one_line_after_the_timeout(fleet, silent_api_url):
+    started = time.monotonic()
+    code, _, err = fleet.cli("link", "gw-spz-01", uuid_of("gw-spz-01"), "--timeout-s", "0.5",
+                             api_url=silent_api_url)
     assert code == 3 and "did not answer within 0.5 s" in _one_line(err)
-    assert elapsed_s < 5
+    assert time.monotonic() - started < 5
 
 
-def test_the_command_process_exits_on_time_with_a_request_left_hanging(fleet):
+def test_the_command_process_exits_on_time_with_a_request_left_hanging(fleet, silent_api_url):
     """The abandoned request thread does not keep the `dordt` process alive."""
-    silent = socket.socket()
-    silent.bind(("127.0.0.1", 0))
-    silent.listen(4)
-    try:
-        run = subprocess.run(
-            [sys.executable, "-m", "dordt.cli", "fleet", "balena", "link", "gw-spz-01",
-             uuid_of("gw-spz-01"), "--registry", str(fleet.registry), "--token-file",
-             str(fleet.token_file), "--timeout-s", "0.5",
-             "--api-url", f"http://127.0.0.1:{silent.getsockname()[1]}/"],
-            capture_output=True, text=True, timeout=60)
-    finally:
-        silent.close()
+    run = subprocess.run(
+        [sys.executable, "-m", "dordt.cli", "fleet", "balena", "link", "gw-spz-01",
+         uuid_of("gw-spz-01"), "--registry", str(fleet.registry), "--token-file",
+         str(fleet.token_file), "--timeout-s", "0.5", "--api-url", silent_api_url],
+        capture_output=True, text=True, timeout=60)
     assert run.returncode == 3 and "did not answer within 0.5 s" in _one_line(run.stderr)
     assert fleet.api.token not in run.stdout + run.stderr
 
@@ -439,13 +432,11 @@ def test_a_url_that_is_not_the_balena_api_is_one_line(fleet):
     server = ThreadingHTTPServer(("127.0.0.1", 0), Page)
     threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     try:
-        code = main(["fleet", "balena", "link", "gw-spz-01", uuid_of("gw-spz-01"),
-                     "--registry", str(fleet.registry), "--token-file", str(fleet.token_file),
-                     "--api-url", f"http://127.0.0.1:{server.server_address[1]}/"])
+        code, _, err = fleet.cli("link", "gw-spz-01", uuid_of("gw-spz-01"),
+                                 api_url=f"http://127.0.0.1:{server.server_address[1]}/")
     finally:
         server.shutdown()
         server.server_close()
-    _, err = fleet.capsys.readouterr()
     assert code == 2 and "did not answer like the balena API" in _one_line(err)
 
 
