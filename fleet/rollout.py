@@ -607,6 +607,14 @@ class RolloutBook:
             "SELECT n.node, n.serial FROM rollout_nodes n, json_each(n.gateways) g "
             "WHERE g.value = ? AND n.state = 'offered' ORDER BY n.node, n.serial", (gateway,))]
 
+    def left_fleet(self, serial: int) -> list[str]:
+        """Nodes of the rollout, not yet updated, that the registry no longer has active
+        (retired or revoked since the rollout started; fleet/registry.py's nodes)."""
+        return [r[0] for r in self.db.execute(
+            "SELECT r.node FROM rollout_nodes r JOIN nodes n ON n.node = r.node "
+            "WHERE r.serial = ? AND r.state IN ('planned', 'offered') AND n.state != 'active' "
+            "ORDER BY r.node", (serial,))]
+
     def gateways(self, serial: int) -> list[str]:
         return [r[0] for r in self.db.execute(
             "SELECT DISTINCT g.value FROM rollout_nodes n, json_each(n.gateways) g "
@@ -706,7 +714,8 @@ class Rollouts:
                              "for them)" if plan.skipped else ""))
 
     def _offer_stage(self, serial: int, stage: int, now: int, event: str) -> None:
-        members = [n["node"] for n in self.book.nodes(serial) if n["stage"] == stage]
+        members = [n["node"] for n in self.book.nodes(serial)
+                   if n["stage"] == stage and n["state"] == "planned"]
         baselines = self._baselines(members, now)
         with self.book.db:
             self._mark_offered(serial, stage, members, baselines, now, from_stage=stage - 1)
@@ -788,6 +797,14 @@ class Rollouts:
         release = self.book.release(serial)
         assert release is not None  # a rollout row references its release
         stage = r["stage"]
+        left = self.book.left_fleet(serial)
+        if left:  # retired or revoked meanwhile: never waited for, offers withdrawn
+            with self.book.db:
+                self.book.db.executemany(
+                    "UPDATE rollout_nodes SET state = 'left' WHERE serial = ? AND node = ?",
+                    [(serial, node) for node in left])
+                self._event(serial, now, f"left the fleet (retired or revoked in the "
+                            f"registry), no longer offered: {', '.join(left)}")
         # Every node offered so far stays watched: a canary whose errors rise while its
         # zone updates halts the rollout as surely as one that never confirms.
         watched = [n for n in self.book.nodes(serial) if n["state"] in ("offered", "confirmed")]

@@ -37,7 +37,9 @@ CREATE TABLE rollout_nodes (
     gateways TEXT NOT NULL,               -- JSON list: the gateways that offer it the release
     zone TEXT NOT NULL,
     stage INTEGER NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ('planned', 'offered', 'confirmed', 'withdrawn')),
+    -- left: retired or revoked in the registry during the rollout (not waited for)
+    state TEXT NOT NULL CHECK (state IN ('planned', 'offered', 'confirmed', 'withdrawn',
+                                         'left')),
     offered_s INTEGER,
     confirmed_s INTEGER,
     baseline_errors INTEGER,              -- its error_count before the offer, if the store had one

@@ -258,6 +258,23 @@ def test_a_node_reporting_rolled_back_halts_at_once(fleet):
     assert result.state == "halted" and "canary 00c10001 reported rolled_back" in result.line
 
 
+def test_a_node_retired_or_revoked_during_the_rollout_is_not_waited_for(fleet):
+    reg, field, rollouts, tmp = fleet
+    start(reg, rollouts)
+    field.status("00c10001", T0 + 60, NEW)
+    assert rollouts.step(7, T0 + 70).stage_name == "zone spoorzone"
+    reg.set_state("00c10003", "revoked")  # offered, never confirms
+    reg.set_state("00c10005", "retired")  # planned for the last stage
+    field.status("00c10002", T0 + 100, NEW)
+    result = rollouts.step(7, T0 + 110)
+    assert result.stage_name == "zones maasterras"
+    assert offers(tmp) == {"gw-spz": [], "gw-mst": ["00c10004"]}
+    field.status("00c10004", T0 + 200, NEW)
+    assert rollouts.step(7, T0 + 210).state == "done"
+    states = {n["node"]: n["state"] for n in rollouts.status(7)["rollout"]["nodes"]}
+    assert states["00c10003"] == states["00c10005"] == "left"
+
+
 def test_two_steps_at_once_move_the_rollout_once(fleet):
     """cron's step and an operator's watch, on two registry connections: the step that
     decided on a state another step has changed meanwhile changes nothing."""
