@@ -48,13 +48,15 @@ def _register_registry(sub) -> None:
                       "hardware/data/zones.toml)")
     init.set_defaults(handler=command_registry_init)
 
-    imp = rs.add_parser("import", help="add the nodes of a technician's enrolment bundle",
+    imp = rs.add_parser("import", help="add the nodes of an enrolment bundle (or of a plain "
+                        "keyring file)",
                         description="Opens every entry of an enrolment bundle with the fleet's "
-                        "enrolment private key and adds the nodes, keys sealed.  All or "
-                        "nothing.")
-    imp.add_argument("bundle", metavar="BUNDLE")
-    imp.add_argument("--enrol-key", required=True, metavar="PEM",
-                     help="the fleet's enrolment private key (enrol-x25519.pem)")
+                        "enrolment private key and adds the nodes, keys sealed.  Given a plain "
+                        "keyring JSON (today's keyring.json) instead, moves its nodes into the "
+                        "registry.  All or nothing.")
+    imp.add_argument("bundle", metavar="FILE", help="an enrolment bundle, or a keyring JSON")
+    imp.add_argument("--enrol-key", metavar="PEM",
+                     help="the fleet's enrolment private key (enrol-x25519.pem), for a bundle")
     _common(imp, master_key=True)
     imp.set_defaults(handler=command_registry_import)
 
@@ -219,11 +221,37 @@ def command_registry_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def command_registry_import(args: argparse.Namespace) -> int:
-    from fleet.bundle import BundleError, load_private_key, open_bundle
+def _is_plain_keyring(path: Path) -> bool:
+    from fleet.keyring import FORMAT
 
     try:
-        opened = open_bundle(Path(args.bundle), load_private_key(Path(args.enrol_key)))
+        return json.loads(path.read_bytes()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False  # the bundle loader names what is wrong with it
+
+
+def command_registry_import(args: argparse.Namespace) -> int:
+    from fleet.bundle import BundleError, load_private_key, open_bundle
+    from fleet.keyring import Keyring, KeyringError
+
+    path = Path(args.bundle)
+    if _is_plain_keyring(path):
+        try:
+            Keyring.check_private(path)
+            ring = Keyring.load(path)
+        except KeyringError as exc:
+            raise UserError(str(exc), EXIT_BAD_INPUT) from None
+        with _open(args, need_master_key=True) as reg:
+            added, present = _call(reg.import_keyring, ring)
+        print(f"imported {len(added)} node(s) from the keyring {path}"
+              + (f"; {len(present)} already there" if present else "")
+              + "; its keys are sealed in the registry now: delete the plain file")
+        return 0
+    if not args.enrol_key:
+        raise UserError(f"{path}: give --enrol-key PEM (the fleet's enrolment private key) to "
+                        "open an enrolment bundle", EXIT_BAD_INPUT)
+    try:
+        opened = open_bundle(path, load_private_key(Path(args.enrol_key)))
     except BundleError as exc:
         raise UserError(str(exc), EXIT_BAD_INPUT) from None
     with _open(args, need_master_key=True) as reg:

@@ -420,6 +420,43 @@ class Registry:
                         "created_at) VALUES (?, ?, 'current', ?, ?, ?, ?)",
                         (node, entry["key_id"], nonce, sealed, fingerprint(key), utc_now()))
 
+    def import_keyring(self, ring) -> tuple[list[str], list[str]]:
+        """The nodes of a plain keyring (fleet/keyring.py: today's keyring.json), to move a
+        fleet into the registry: (added, already there with the same keys).  A node with
+        several keys comes in mid-rotation: its lowest key id current, the others next.
+        All or nothing, as import_bundle()."""
+        from fleet.bundle import fingerprint
+
+        added, present, plan = [], [], []
+        for entry in sorted(ring, key=lambda e: e.node_id):
+            node = entry.node
+            have = {k["key_id"]: k["fingerprint"] for k in self._key_ids(node).get(node, [])}
+            if have and have == {k: fingerprint(v) for k, v in entry.keys.items()}:
+                present.append(node)
+                continue
+            if self.db.execute("SELECT 1 FROM nodes WHERE node = ?", (node,)).fetchone():
+                raise RegistryError(f"node {node} is in the registry already with other keys; "
+                                    "nothing was imported")
+            plan.append(entry)
+        with self.db:
+            for entry in plan:
+                first, *rest = sorted(entry.keys)
+                self._add_node_in_tx({"node": entry.node, "kind": entry.kind,
+                                      "zone": entry.zone, "site": entry.site, "key_id": first},
+                                     entry.keys[first])
+                for key_id in rest:
+                    nonce, sealed = self.seal_key(entry.node, key_id, entry.keys[key_id])
+                    self.db.execute(
+                        "INSERT INTO node_keys(node, key_id, state, nonce, sealed, fingerprint, "
+                        "created_at) VALUES (?, ?, 'next', ?, ?, ?, ?)",
+                        (entry.node, key_id, nonce, sealed, fingerprint(entry.keys[key_id]),
+                         utc_now()))
+                if entry.revoked:
+                    self.db.execute("UPDATE nodes SET state = 'revoked' WHERE node = ?",
+                                    (entry.node,))
+                added.append(entry.node)
+        return added, present
+
     def set_state(self, node: str, state: str) -> dict:
         """retire (out of service: left out of keyrings) or revoke (listed as revoked, so
         gateways refuse its frames by name).  Revoked is final."""

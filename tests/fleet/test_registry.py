@@ -391,3 +391,35 @@ def test_last_seen_only_moves_forward(reg):
     node, gw = reg.node(AIR_SPZ1), reg.gateway("gw-a")
     assert (node["last_seen"], node["firmware"]) == ("2026-12-04T10:00:00Z", "0.2.0")
     assert (gw["last_seen"], gw["software"]) == ("2026-12-04T10:00:00Z", "v5")
+
+
+def test_a_plain_keyring_moves_into_the_registry(reg, tmp_path, capsys, monkeypatch):
+    from fleet.keyring import Keyring, NodeEntry
+
+    k = [secrets.token_bytes(32) for _ in range(4)]
+    ring = Keyring([NodeEntry(0x00010011, "air", "spoorzone", "spz-01", {0: k[0]}),
+                    NodeEntry(0x00010021, "air", "spoorzone", "spz-02", {0: k[1], 1: k[2]}),
+                    NodeEntry(0x00020011, "air", "maasterras", "mst-01", {0: k[3]}, True)])
+    ring.save(tmp_path / "keyring.json")
+    monkeypatch.setenv("DORDT_FLEET_MASTER_KEY", reg._master_key.hex())
+    r = ["--registry", str(reg.path)]
+    assert main(["fleet", "registry", "import", str(tmp_path / "keyring.json"), *r]) == 0
+    assert "imported 3 node(s) from the keyring" in capsys.readouterr().out
+    assert main(["fleet", "registry", "import", str(tmp_path / "keyring.json"), *r]) == 0
+    assert "imported 0 node(s) from the keyring" in capsys.readouterr().out
+    back = reg.keyring()
+    assert {e.node: (e.keys, e.revoked) for e in back} == {
+        e.node: (e.keys, e.revoked) for e in ring}
+    assert [k["state"] for k in reg.node("00010021")["keys"]] == ["current", "next"]
+    assert reg.finish_rotation("00010021") == 1
+    # a keyring with a place the zones file lacks is refused whole
+    Keyring([NodeEntry(0x00010031, "air", "spoorzone", "spz-03", {0: k[0]}),
+             NodeEntry(0x00010041, "air", "spoorzone", "lamppost-17", {0: k[1]})]).save(
+        tmp_path / "other.json")
+    assert main(["fleet", "registry", "import", str(tmp_path / "other.json"), *r]) == 2
+    assert "lamppost-17" in capsys.readouterr().err
+    assert "00010031" not in [n["node"] for n in reg.nodes()]
+    # a bundle still needs the enrolment key
+    (tmp_path / "b.json").write_text("{}")
+    assert main(["fleet", "registry", "import", str(tmp_path / "b.json"), *r]) == 2
+    assert "give --enrol-key" in capsys.readouterr().err
