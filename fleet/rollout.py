@@ -502,7 +502,9 @@ class StoreEvidence:
 
         ev = Evidence()
         for p in read_victoriametrics(self.spec, min(since_s.values()), until_s,
-                                      measurements=("node_status", "ota")):
+                                      measurements=("node_status", "ota"),
+                                      fields=("firmware_version", "error_count", "serial",
+                                              "state")):
             node = p.tags.get("node")
             if node not in since_s or p.time_s < since_s[node]:
                 continue

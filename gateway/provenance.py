@@ -373,13 +373,16 @@ def read_local(path: str | Path, start_s: int, end_s: int) -> list[StoredReading
 
 
 def read_victoriametrics(url: str, start_s: int, end_s: int, timeout_s: float = 30,
-                         measurements: tuple[str, ...] = _MEASUREMENTS) -> list[StoredReading]:
+                         measurements: tuple[str, ...] = _MEASUREMENTS,
+                         fields: tuple[str, ...] = ()) -> list[StoredReading]:
     """Every dordt point in [start_s, end_s] through VictoriaMetrics' /api/v1/export (of
-    `measurements`: by default readings, status and provenance)."""
+    `measurements`: by default readings, status and provenance; only the fields named
+    in `fields`, when given)."""
     import urllib.parse
     import urllib.request
 
-    match = '{__name__=~"(' + "|".join(measurements) + ')_.*"}'
+    names = "|".join(fields) if fields else ".*"
+    match = '{__name__=~"(' + "|".join(measurements) + f')_({names})"}}'
     query = urllib.parse.urlencode({"match[]": match, "start": start_s, "end": end_s})
     with urllib.request.urlopen(f"{url.rstrip('/')}/api/v1/export?{query}",
                                 timeout=timeout_s) as resp:
