@@ -409,7 +409,7 @@ def command_keyring_issue(args: argparse.Namespace) -> int:
     signer = _call(load_private, Path(args.signer_key), Ed25519PrivateKey)
     with _open(args, need_master_key=True) as reg:
         data, serial = _call(reg.issue_keyring, args.gateway, signer)
-        nodes = len(reg.keyring(args.gateway))
+        nodes = len(reg.served(args.gateway))
     # sealed to the gateway: no secret readable in it, but no reason to share it either
     write_file_atomic(Path(args.out), data, 0o600)
     print(f"keyring serial {serial} for gateway {args.gateway}: {nodes} node(s), written to "

@@ -533,6 +533,13 @@ class Registry:
 
     # -- keyrings -----------------------------------------------------------------------
 
+    def served(self, gateway: str) -> list[str]:
+        """The nodes `gateway`'s keyring lists (no keys; no master key needed)."""
+        gw = self.gateway(gateway)
+        return [r[0] for r in self.db.execute(
+            "SELECT node FROM nodes WHERE state != 'retired' AND (gateway = ? OR (gateway IS "
+            "NULL AND zone = ?)) ORDER BY node", (gateway, gw["zone"]))]
+
     def keyring(self, gateway: str | None = None):
         """The keyring (fleet/keyring.py) of the nodes `gateway` serves (assigned to it, or
         unassigned in its zone), or of every node; retired nodes are left out, revoked ones
@@ -540,13 +547,12 @@ class Registry:
         from fleet.keyring import Keyring, NodeEntry
 
         sql = "SELECT * FROM nodes WHERE state != 'retired'"
-        params: tuple = ()
+        rows = self.db.execute(sql + " ORDER BY node").fetchall()
         if gateway is not None:
-            gw = self.gateway(gateway)
-            sql += " AND (gateway = ? OR (gateway IS NULL AND zone = ?))"
-            params = (gateway, gw["zone"])
+            served = set(self.served(gateway))
+            rows = [r for r in rows if r["node"] in served]
         ring = Keyring()
-        for row in self.db.execute(sql + " ORDER BY node", params).fetchall():
+        for row in rows:
             keys = {}
             for k in self.db.execute("SELECT key_id, nonce, sealed FROM node_keys WHERE "
                                      "node = ?", (row["node"],)).fetchall():
