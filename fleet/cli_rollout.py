@@ -159,7 +159,7 @@ def _absolute_store(spec: str) -> str:
     spec = spec.strip()
     if spec.startswith(("http://", "https://")):
         if "@" in spec.split("/")[2]:
-            # it would be recorded in the registry with the rollout, and printed by status
+            # it would be kept in the registry with the rollout, and in its backups
             raise UserError("--store: give the store's URL without a user or password "
                             "(a rollout records it in the registry)", EXIT_CONFIG)
         return spec
