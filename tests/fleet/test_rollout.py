@@ -440,6 +440,15 @@ def test_cli_publish_refuses_a_bad_signature_a_changed_file_and_a_used_serial(
     code, out, err = run(capsys, "fleet", "release", "publish", str(tmp_path / "nothing"),
                          *reg)
     assert code == 1 and "not a release directory" in err
+    # the public key as PEM works as well as the node's 64 hex digits
+    from cryptography.hazmat.primitives import serialization
+
+    (tmp_path / "release.pem").write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    code, out, err = run(capsys, "fleet", "release", "publish",
+                         str(make_release(tmp_path / "r8", key, 8, version="1.2.1")), *reg,
+                         "--public-key", str(tmp_path / "release.pem"))
+    assert code == 0 and "published release 8 (1.2.1" in out
     (tmp_path / "bad.pub").write_text("not a key\n")
     code, out, err = run(capsys, "fleet", "release", "publish", str(good), *reg,
                          "--public-key", str(tmp_path / "bad.pub"))
