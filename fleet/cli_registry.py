@@ -316,15 +316,23 @@ def command_registry_rotate_key(args: argparse.Namespace) -> int:
             print(f"{node}: key {key_id} is now its only key; issue new keyrings (`dordt "
                   "fleet keyring issue`) so gateways stop accepting the old one")
             return 0
-        current = next(k["key_id"] for k in _call(reg.node, node)["keys"]
-                       if k["state"] == "current")
+        keys = _call(reg.node, node)["keys"]
+        current = next(k["key_id"] for k in keys if k["state"] == "current")
+        pending = next((k["key_id"] for k in keys if k["state"] == "next"), None)
         out = Path(args.rekey_out) if args.rekey_out else None
         if out is not None and out.exists():
             raise UserError(f"{out} exists already; give a new file for the rekey file", 2)
-        new_id, new_key = _call(reg.rotate_key, node)
-        doc = rekey.wrap(node, current, reg.node_key(node, current), new_id, new_key)
+        if pending is None:
+            new_id, new_key = _call(reg.rotate_key, node)
+        else:  # a rotation under way: its rekey file again (lost, or never written)
+            new_id, new_key = pending, _call(reg.node_key, node, pending)
+        doc = rekey.wrap(node, current, _call(reg.node_key, node, current), new_id, new_key)
         out = out or Path(f"rekey-{node}-{new_id}.json")
         rekey.save(doc, out)
+    if pending is not None:
+        print(f"{node} is in a rotation to key {new_id} already: wrote its rekey file {out} "
+              f"again; once the node sends under key {new_id}: rotate-key {node} --finish")
+        return 0
     print(f"{node}: new key {new_id} beside key {current}; the rekey file {out} takes it to "
           "the node (sealed under its current key). Issue new keyrings now (they carry both "
           f"keys), and once the node sends under key {new_id}: rotate-key {node} --finish")

@@ -423,3 +423,23 @@ def test_a_plain_keyring_moves_into_the_registry(reg, tmp_path, capsys, monkeypa
     (tmp_path / "b.json").write_text("{}")
     assert main(["fleet", "registry", "import", str(tmp_path / "b.json"), *r]) == 2
     assert "give --enrol-key" in capsys.readouterr().err
+
+
+def test_rotate_key_during_a_rotation_writes_the_same_key_again(reg, tmp_path, capsys,
+                                                                monkeypatch):
+    old = secrets.token_bytes(32)
+    reg.add_node(AIR_SPZ1, "air", "spoorzone", "spz-01", old)
+    monkeypatch.setenv("DORDT_FLEET_MASTER_KEY", reg._master_key.hex())
+    r = ["--registry", str(reg.path)]
+    assert main(["fleet", "registry", "rotate-key", AIR_SPZ1, "--rekey-out",
+                 str(tmp_path / "a.json"), *r]) == 0
+    assert main(["fleet", "registry", "rotate-key", AIR_SPZ1, "--rekey-out",
+                 str(tmp_path / "a.json"), *r]) == 2
+    assert "exists already" in capsys.readouterr().err
+    assert main(["fleet", "registry", "rotate-key", AIR_SPZ1, "--rekey-out",
+                 str(tmp_path / "b.json"), *r]) == 0
+    assert "in a rotation to key 1 already: wrote its rekey file" in capsys.readouterr().out
+    a, b = (json.loads((tmp_path / n).read_text()) for n in ("a.json", "b.json"))
+    assert a["nonce"] != b["nonce"]
+    assert rekey.unwrap(a, old) == rekey.unwrap(b, old) == (1, reg.node_key(AIR_SPZ1, 1))
+    assert oct((tmp_path / "b.json").stat().st_mode & 0o777) == "0o600"
