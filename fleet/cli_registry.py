@@ -148,12 +148,6 @@ def _register_keyring(sub) -> None:
                        help="the fleet's keyring-signer.pem")
     _common(issue, master_key=True)
     issue.set_defaults(handler=command_keyring_issue)
-    export = ks.add_parser("export", help="write a plain keyring JSON (0600) for a gateway "
-                           "without a keyring key (a demo, a lab)")
-    export.add_argument("--gateway", metavar="NAME", help="only the nodes it serves")
-    export.add_argument("--out", required=True, metavar="FILE")
-    _common(export, master_key=True)
-    export.set_defaults(handler=command_keyring_export)
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -424,10 +418,3 @@ def command_keyring_issue(args: argparse.Namespace) -> int:
           f"{args.out}; copy it over the gateway's [gateway] keyring file")
     return 0
 
-
-def command_keyring_export(args: argparse.Namespace) -> int:
-    with _open(args, need_master_key=True) as reg:
-        ring = _call(reg.keyring, args.gateway)
-    ring.save(args.out)
-    print(f"wrote {len(ring)} node(s) to {args.out} (0600: it holds node keys in the clear)")
-    return 0

@@ -4,7 +4,7 @@ real processes (good and failing, also with --debug for tracebacks), and their s
 stderr, logs, health pages and every file they wrote are searched for the node keys
 (rotated ones too), the master key, the keyring-signing key, the gateway's keyring key and
 the enrolment key, raw and in hex and base64.  The only files allowed to hold a secret are
-the key files themselves and `keyring export`'s plain keyring (0600, by design)."""
+the key files themselves (0600)."""
 
 from __future__ import annotations
 
@@ -98,7 +98,6 @@ def test_no_key_material_in_any_output_log_export_or_exception(tmp_path, mosquit
                     ("gateway", "ls"), ("gateway", "ls", "--json")):
         run("fleet", *listing)
     run("fleet", "registry", "backup", "backup.sqlite")
-    run("fleet", "keyring", "export", "--out", "plain-keyring.json")
     run("fleet", "keyring", "issue", "--gateway", "gw-leak", "--out", "keyring.dgk",
         "--signer-key", "signer/keyring-signer.pem")
 
@@ -180,8 +179,7 @@ level = "debug"
         secrets_by_name[name] = raw_private(path)
         secrets_by_name[name + " (PEM)"] = pem_body(path)
     key_files = {root / "master.key", root / "signer" / "keyring-signer.pem",
-                 root / "gw-data" / "keyring-x25519.pem", root / "enrol" / "enrol-x25519.pem",
-                 root / "plain-keyring.json"}
+                 root / "gw-data" / "keyring-x25519.pem", root / "enrol" / "enrol-x25519.pem"}
     written = [p for p in root.rglob("*") if p.is_file() and p not in key_files]
     assert {p.name for p in written} >= {
         "fleet.sqlite", "backup.sqlite", "keyring.dgk", "rekey.json", "bundle.json",
@@ -192,7 +190,5 @@ level = "debug"
         for name, secret in secrets_by_name.items():
             for form in forms(secret) if "(PEM)" not in name else [secret]:
                 assert form not in data, f"{name} found in {what}"
-    # the plain export holds keys by design: private to its owner
-    assert oct((root / "plain-keyring.json").stat().st_mode & 0o777) == "0o600"
-    for path in key_files - {root / "plain-keyring.json"}:
+    for path in key_files:
         assert oct(path.stat().st_mode & 0o777) == "0o600", path

@@ -141,8 +141,8 @@ def test_a_wrong_master_key_is_one_clear_line(tmp_path, reg, capsys, monkeypatch
     reg.add_node(AIR_SPZ1, "air", "spoorzone", "spz-01", secrets.token_bytes(32))
     wrong = os.urandom(32).hex()
     monkeypatch.setenv("DORDT_FLEET_MASTER_KEY", wrong)
-    code = main(["fleet", "keyring", "export", "--registry", str(reg.path), "--out",
-                 str(tmp_path / "k.json")])
+    code = main(["fleet", "registry", "rotate-key", AIR_SPZ1, "--registry", str(reg.path),
+                 "--rekey-out", str(tmp_path / "r.json")])
     err = capsys.readouterr().err
     assert code == 2
     assert err.strip().splitlines() == [
@@ -159,8 +159,8 @@ def test_commands_that_need_keys_say_how_to_give_the_master_key(reg, tmp_path, c
                                                                 monkeypatch):
     monkeypatch.delenv("DORDT_FLEET_MASTER_KEY", raising=False)
     monkeypatch.delenv("DORDT_FLEET_MASTER_KEY_FILE", raising=False)
-    assert main(["fleet", "keyring", "export", "--registry", str(reg.path), "--out",
-                 str(tmp_path / "k.json")]) == 2
+    assert main(["fleet", "registry", "rotate-key", AIR_SPZ1, "--registry", str(reg.path),
+                 "--rekey-out", str(tmp_path / "r.json")]) == 2
     assert "--master-key FILE" in capsys.readouterr().err
 
 
