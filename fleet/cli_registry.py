@@ -94,6 +94,14 @@ def _register_registry(sub) -> None:
     _common(rot, master_key=True)
     rot.set_defaults(handler=command_registry_rotate_key)
 
+    mk = rs.add_parser("master-key", help="re-seal every node key under a new master key",
+                       description="Makes a new master key in NEW_FILE (0600) and re-seals "
+                       "every node key under it, in one transaction.  Back the registry up "
+                       "first; old backups stay sealed under the old key.")
+    mk.add_argument("new_file", metavar="NEW_FILE")
+    _common(mk)
+    mk.set_defaults(handler=command_registry_master_key)
+
     bak = rs.add_parser("backup", help="a consistent copy of the registry (online backup)",
                         description="Copies the registry with SQLite's online backup API, "
                         "also while other commands use it.  Keys stay sealed in the copy: keep "
@@ -330,6 +338,29 @@ def command_registry_rotate_key(args: argparse.Namespace) -> int:
     print(f"{node}: new key {new_id} beside key {current}; the rekey file {out} takes it to "
           "the node (sealed under its current key). Issue new keyrings now (they carry both "
           f"keys), and once the node sends under key {new_id}: rotate-key {node} --finish")
+    return 0
+
+
+def command_registry_master_key(args: argparse.Namespace) -> int:
+    import os
+
+    from fleet.files import write_file_atomic
+    from fleet.registry import MASTER_KEY_LEN
+
+    out = Path(args.new_file)
+    if out.exists():
+        raise UserError(f"{out} exists already; give a new file for the new master key", 2)
+    new_key = os.urandom(MASTER_KEY_LEN)
+    with _open(args, need_master_key=True) as reg:
+        # the new key is on disk before any key is sealed under it
+        write_file_atomic(out, new_key.hex().encode() + b"\n", 0o600)
+        try:
+            count = _call(reg.change_master_key, new_key)
+        except BaseException:
+            out.unlink(missing_ok=True)
+            raise
+    print(f"re-sealed {count} node key(s) under the new master key in {out}; use it from now "
+          "on, and keep the old one only as long as backups sealed under it")
     return 0
 
 

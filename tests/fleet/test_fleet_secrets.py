@@ -98,6 +98,8 @@ def test_no_key_material_in_any_output_log_export_or_exception(tmp_path, mosquit
                     ("gateway", "ls"), ("gateway", "ls", "--json")):
         run("fleet", *listing)
     run("fleet", "registry", "backup", "backup.sqlite")
+    run("fleet", "registry", "master-key", "master2.key")
+    env["DORDT_FLEET_MASTER_KEY_FILE"] = str(root / "master2.key")
     run("fleet", "keyring", "issue", "--gateway", "gw-leak", "--out", "keyring.dgk",
         "--signer-key", "signer/keyring-signer.pem")
 
@@ -172,13 +174,15 @@ level = "debug"
         "enrol/enrol-x25519.pem", code=2)
 
     secrets_by_name = {f"node key {n}": k for n, k in node_keys.items()}
-    secrets_by_name["master key"] = bytes.fromhex((root / "master.key").read_text().strip())
+    for name in ("master.key", "master2.key"):
+        secrets_by_name[name] = bytes.fromhex((root / name).read_text().strip())
     for name, path in (("signer key", root / "signer" / "keyring-signer.pem"),
                        ("gateway keyring key", root / "gw-data" / "keyring-x25519.pem"),
                        ("enrolment key", root / "enrol" / "enrol-x25519.pem")):
         secrets_by_name[name] = raw_private(path)
         secrets_by_name[name + " (PEM)"] = pem_body(path)
-    key_files = {root / "master.key", root / "signer" / "keyring-signer.pem",
+    key_files = {root / "master.key", root / "master2.key",
+                 root / "signer" / "keyring-signer.pem",
                  root / "gw-data" / "keyring-x25519.pem", root / "enrol" / "enrol-x25519.pem"}
     written = [p for p in root.rglob("*") if p.is_file() and p not in key_files]
     assert {p.name for p in written} >= {

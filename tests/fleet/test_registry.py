@@ -443,3 +443,23 @@ def test_rotate_key_during_a_rotation_writes_the_same_key_again(reg, tmp_path, c
     assert a["nonce"] != b["nonce"]
     assert rekey.unwrap(a, old) == rekey.unwrap(b, old) == (1, reg.node_key(AIR_SPZ1, 1))
     assert oct((tmp_path / "b.json").stat().st_mode & 0o777) == "0o600"
+
+
+def test_a_new_master_key_reseals_every_key(reg, tmp_path, capsys, monkeypatch):
+    keys = {n: secrets.token_bytes(32) for n in (AIR_SPZ1, AIR_SPZ2)}
+    for node, key in keys.items():
+        reg.add_node(node, "air", "spoorzone", "spz-01" if node == AIR_SPZ1 else "spz-02", key)
+    old_master = reg._master_key
+    reg.close()
+    monkeypatch.setenv("DORDT_FLEET_MASTER_KEY", old_master.hex())
+    r = ["--registry", str(reg.path)]
+    assert main(["fleet", "registry", "master-key", str(tmp_path / "new.key"), *r]) == 0
+    assert "re-sealed 2 node key(s)" in capsys.readouterr().out
+    new_master = bytes.fromhex((tmp_path / "new.key").read_text())
+    assert oct((tmp_path / "new.key").stat().st_mode & 0o777) == "0o600"
+    with pytest.raises(RegistryError, match="wrong master key"):
+        Registry.open(reg.path, old_master)
+    with Registry.open(reg.path, new_master) as again:
+        assert {e.node: e.keys[0] for e in again.keyring()} == keys
+    assert main(["fleet", "registry", "master-key", str(tmp_path / "new.key"), *r]) == 2
+    reg.db = sqlite3.connect(":memory:")  # the fixture closes it
