@@ -119,6 +119,8 @@ def _register_gateway(sub) -> None:
     add.add_argument("--zone", required=True)
     add.add_argument("--keyring-pub", metavar="FILE",
                      help="the gateway's keyring-x25519.pub (`dordt gateway keyring-key init`)")
+    add.add_argument("--hardware", default="", metavar="PROFILE",
+                     help="its hardware, e.g. raspberrypi4-64")
     _common(add)
     add.set_defaults(handler=command_gateway_add)
     setkey = gs.add_parser("set-key", help="give a gateway its (new) keyring key")
@@ -385,7 +387,7 @@ def _read_pub(path: str) -> str:
 def command_gateway_add(args: argparse.Namespace) -> int:
     pub = _read_pub(args.keyring_pub) if args.keyring_pub else None
     with _open(args) as reg:
-        gw = _call(reg.add_gateway, args.name, args.zone, pub)
+        gw = _call(reg.add_gateway, args.name, args.zone, pub, args.hardware)
     print(f"added gateway {gw['name']} ({gw['zone']})"
           + ("" if pub else "; give it a keyring key before issuing keyrings"))
     return 0

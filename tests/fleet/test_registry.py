@@ -366,7 +366,10 @@ def test_serials_grow_per_gateway_and_keyring_commands_work(reg, tmp_path, capsy
 
 def test_a_gateway_without_a_keyring_key_gets_one_later(reg, tmp_path, capsys, gateway_keys):
     private, public = gateway_keys
-    reg.add_gateway("gw-late", "spoorzone")
+    assert main(["fleet", "gateway", "add", "gw-late", "--zone", "spoorzone", "--hardware",
+                 "raspberrypi4-64", "--registry", str(reg.path)]) == 0
+    assert "give it a keyring key before issuing keyrings" in capsys.readouterr().out
+    assert reg.gateway("gw-late")["hardware"] == "raspberrypi4-64"
     signer = Ed25519PrivateKey.generate()
     with pytest.raises(RegistryError, match="has no keyring key.*gateway set-key"):
         reg.issue_keyring("gw-late", signer)
