@@ -156,6 +156,9 @@ def _register_keyring(sub) -> None:
     issue.add_argument("--out", required=True, metavar="FILE")
     issue.add_argument("--signer-key", required=True, metavar="PEM",
                        help="the fleet's keyring-signer.pem")
+    issue.add_argument("--above-serial", type=int, default=0, metavar="N",
+                       help="give a serial above N (after a registry restore: the serial "
+                       "the gateway's /healthz shows)")
     _common(issue, master_key=True)
     issue.set_defaults(handler=command_keyring_issue)
 
@@ -443,7 +446,7 @@ def command_keyring_issue(args: argparse.Namespace) -> int:
 
     signer = _call(load_private, Path(args.signer_key), Ed25519PrivateKey)
     with _open(args, need_master_key=True) as reg:
-        data, serial = _call(reg.issue_keyring, args.gateway, signer)
+        data, serial = _call(reg.issue_keyring, args.gateway, signer, args.above_serial)
         nodes = len(reg.served(args.gateway))
     # sealed to the gateway: no secret readable in it, but no reason to share it either
     write_file_atomic(Path(args.out), data, 0o600)

@@ -654,9 +654,10 @@ class Registry:
             self.db.execute("UPDATE gateways SET state = ? WHERE name = ?", (state, name))
         return self.gateway(name)
 
-    def issue_keyring(self, gateway: str, signer) -> tuple[bytes, int]:
+    def issue_keyring(self, gateway: str, signer, above_serial: int = 0) -> tuple[bytes, int]:
         """The signed keyring file for `gateway` (fleet/keyring_file.py) and its serial; the
-        serial is counted up in the same transaction, so two issues never share one."""
+        serial is counted up in the same transaction, so two issues never share one, and
+        is above `above_serial` (after a restore, the serial the gateway last took)."""
         from fleet import keyring_file
 
         gw = self.gateway(gateway)
@@ -672,8 +673,9 @@ class Registry:
         issued_at = utc_now()
         with self.db:
             serial = self.db.execute(
-                "UPDATE gateways SET keyring_serial = keyring_serial + 1, keyring_issued_at = ? "
-                "WHERE name = ? RETURNING keyring_serial", (issued_at, gateway)).fetchone()[0]
+                "UPDATE gateways SET keyring_serial = max(keyring_serial, ?) + 1, "
+                "keyring_issued_at = ? WHERE name = ? RETURNING keyring_serial",
+                (above_serial, issued_at, gateway)).fetchone()[0]
         return keyring_file.issue(ring, gateway, serial, issued_at, recipient, signer), serial
 
     # -- backup -------------------------------------------------------------------------

@@ -357,6 +357,11 @@ def test_serials_grow_per_gateway_and_keyring_commands_work(reg, tmp_path, capsy
     assert main(["fleet", "gateway", "ls", "--json", *r]) == 0
     gws = json.loads(capsys.readouterr().out)
     assert [(g["name"], g["keyring_serial"]) for g in gws] == [("gw-spz", 2)]
+    # after a restore the gateway may have taken a higher serial than the registry knows
+    assert main(["fleet", "keyring", "issue", "--gateway", "gw-spz", "--out",
+                 str(tmp_path / "k9.dgk"), "--signer-key", str(signer), "--above-serial", "8",
+                 *r]) == 0
+    assert "keyring serial 9 for gateway gw-spz" in capsys.readouterr().out
     assert main(["fleet", "keyring", "issue", "--gateway", "gw-none", "--out",
                  str(tmp_path / "x.dgk"), "--signer-key", str(signer), *r]) == 2
     assert "gateway gw-none is not in the registry" in capsys.readouterr().err
