@@ -140,12 +140,36 @@ def _aad(public_fields: dict) -> bytes:
                       separators=(",", ":")).encode()
 
 
-def _aead_key(shared: bytes, epk: bytes, rpk: bytes) -> bytes:
-    return HKDF(hashes.SHA256(), 32, None, _INFO + epk + rpk).derive(shared)
+def _aead_key(shared: bytes, epk: bytes, rpk: bytes, info: bytes = _INFO) -> bytes:
+    return HKDF(hashes.SHA256(), 32, None, info + epk + rpk).derive(shared)
 
 
 def _raw(public: X25519PublicKey) -> bytes:
     return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def seal_bytes(plaintext: bytes, aad: bytes, recipient: X25519PublicKey,
+               info: bytes) -> dict:
+    """The sealing construction above, for any plaintext: {"epk", "nonce", "sealed"} in hex.
+    `info` separates the uses (enrolment bundles, gateway keyrings: fleet/keyring_file.py),
+    so a sealed value of one can never be opened as the other."""
+    ephemeral = X25519PrivateKey.generate()
+    epk = _raw(ephemeral.public_key())
+    key = _aead_key(ephemeral.exchange(recipient), epk, _raw(recipient), info)
+    nonce = os.urandom(12)
+    sealed = AESGCM(key).encrypt(nonce, plaintext, aad)
+    return {"epk": epk.hex(), "nonce": nonce.hex(), "sealed": sealed.hex()}
+
+
+def open_bytes(fields: dict, aad: bytes, private: X25519PrivateKey, info: bytes) -> bytes:
+    """Open what seal_bytes() made.  ValueError (KeyError, TypeError) for a malformed value,
+    cryptography's InvalidTag when it was changed or sealed to another key."""
+    epk = bytes.fromhex(fields["epk"])
+    nonce = bytes.fromhex(fields["nonce"])
+    sealed = bytes.fromhex(fields["sealed"])
+    peer = X25519PublicKey.from_public_bytes(epk)
+    key = _aead_key(private.exchange(peer), epk, _raw(private.public_key()), info)
+    return AESGCM(key).decrypt(nonce, sealed, aad)
 
 
 def seal(public_fields: dict, node_key: bytes, recipient: X25519PublicKey) -> dict:
@@ -155,25 +179,15 @@ def seal(public_fields: dict, node_key: bytes, recipient: X25519PublicKey) -> di
     missing = [k for k in PUBLIC_FIELDS if k not in public_fields]
     if missing:
         raise BundleError(f"entry lacks {', '.join(missing)}")
-    ephemeral = X25519PrivateKey.generate()
-    epk = _raw(ephemeral.public_key())
-    key = _aead_key(ephemeral.exchange(recipient), epk, _raw(recipient))
-    nonce = os.urandom(12)
-    sealed = AESGCM(key).encrypt(nonce, node_key, _aad(public_fields))
     entry = {k: public_fields[k] for k in PUBLIC_FIELDS}
-    entry.update(epk=epk.hex(), nonce=nonce.hex(), sealed=sealed.hex())
+    entry.update(seal_bytes(node_key, _aad(public_fields), recipient, _INFO))
     return entry
 
 
 def open_entry(entry: dict, private: X25519PrivateKey, where: str) -> bytes:
     """The node key of one entry; BundleError when it was changed or is not for us."""
     try:
-        epk = bytes.fromhex(entry["epk"])
-        nonce = bytes.fromhex(entry["nonce"])
-        sealed = bytes.fromhex(entry["sealed"])
-        peer = X25519PublicKey.from_public_bytes(epk)
-        key = _aead_key(private.exchange(peer), epk, _raw(private.public_key()))
-        node_key = AESGCM(key).decrypt(nonce, sealed, _aad(entry))
+        node_key = open_bytes(entry, _aad(entry), private, _INFO)
     except (KeyError, TypeError, ValueError):
         raise BundleError(f"{where}: not a well-formed sealed entry") from None
     except InvalidTag:

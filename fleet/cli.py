@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from dordt.errors import UserError
+from fleet import cli_rollout
 
 
 def register(groups) -> None:
@@ -46,6 +47,13 @@ def register(groups) -> None:
     revoke.add_argument("--node", required=True)
     revoke.set_defaults(handler=command_revoke)
     _register_ca(sub)
+    from fleet import cli_registry  # registry | gateway | keyring (fleet/registry.py)
+
+    cli_registry.register(sub)
+    cli_rollout.register(sub)  # dordt fleet release publish | rollout | step | ... | halt
+    from fleet import cli_balena  # dordt fleet balena link | sync | status | pin | rollout
+
+    cli_balena.register(sub)
     from fleet import cli_health  # dordt fleet health
 
     cli_health.register(sub)

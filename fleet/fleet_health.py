@@ -31,6 +31,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fleet.offers import OTA_STATE_NAMES
 from gateway.provenance import StoredReading, read_local, read_victoriametrics
 
 MEASUREMENTS = ("node_status", "gateway_health", "ota", "provenance")
@@ -48,9 +49,6 @@ JSON_VERSION = 1
 RESET_CAUSES = {1: "power_on", 2: "hard", 3: "watchdog", 4: "deep_sleep", 5: "soft"}
 # gateway/health.py heartbeat_point's `status` field.
 GATEWAY_STATUS = {0: "ok", 1: "degraded", 2: "failing"}
-# docs/ota.md §3: the `state` of an `ota` point is its index in this list.
-OTA_STATES = ("offered", "downloading", "staged", "switched", "confirmed", "refused",
-              "failed", "rolled_back")
 
 DEFAULT_SINCE_S = 24 * 3600
 DEFAULT_NODE_STALE_S = 30 * 60  # status every 10 windows of 60 s: three missed in a row
@@ -294,8 +292,8 @@ def _ota_state(p: StoredReading) -> dict:
     f = p.fields
     state = int(f["state"]) if "state" in f else None
     return {
-        "state": (OTA_STATES[state] if state is not None and 0 <= state < len(OTA_STATES)
-                  else None if state is None else f"state_{state}"),
+        "state": (None if state is None
+                  else OTA_STATE_NAMES.get(state, f"state_{state}")),
         "serial": int(f["serial"]) if "serial" in f else None,
         "version": firmware_text(f.get("version")),
         "time_s": p.time_s,

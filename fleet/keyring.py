@@ -108,21 +108,27 @@ class Keyring:
             ) from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise KeyringError(f"{path}: not a readable keyring: {exc}") from None
+        return cls.from_doc(doc, str(path))
+
+    @classmethod
+    def from_doc(cls, doc: object, where: str) -> Keyring:
+        """A keyring from its parsed JSON document (a file, or the inside of a gateway's
+        signed keyring: fleet/keyring_file.py); `where` names it in errors."""
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-            raise KeyringError(f"{path}: not a dordt keyring (\"format\" must be \"{FORMAT}\")")
+            raise KeyringError(f"{where}: not a dordt keyring (\"format\" must be \"{FORMAT}\")")
         if doc.get("version") != VERSION:
             raise KeyringError(
-                f"{path}: keyring version {doc.get('version')!r}, this tool reads {VERSION}"
+                f"{where}: keyring version {doc.get('version')!r}, this tool reads {VERSION}"
             )
         nodes = doc.get("nodes")
         if not isinstance(nodes, list):
-            raise KeyringError(f"{path}: \"nodes\" must be a list")
+            raise KeyringError(f"{where}: \"nodes\" must be a list")
         ring = cls()
         for i, raw in enumerate(nodes):
-            where = f"{path}: nodes[{i}]"
-            entry = _entry_from_json(raw, where)
+            entry_where = f"{where}: nodes[{i}]"
+            entry = _entry_from_json(raw, entry_where)
             if ring.get(entry.node_id) is not None:  # found by fuzz/fuzz_loaders.py keyring
-                raise KeyringError(f"{where}: node {entry.node} is listed twice; keep one")
+                raise KeyringError(f"{entry_where}: node {entry.node} is listed twice; keep one")
             ring.add(entry)
         return ring
 
@@ -148,13 +154,17 @@ class Keyring:
 
     def save(self, path: str | Path) -> None:
         """Write atomically (temp file, fsync, rename) with mode 0600."""
-        path = Path(path)
-        doc = {
+        write_file_atomic(Path(path), (json.dumps(self.to_doc(), indent=1) + "\n").encode(),
+                          0o600)
+
+    def to_doc(self) -> dict:
+        """The file's JSON document (it holds the keys: for files of mode 0600 and sealed
+        keyrings only)."""
+        return {
             "format": FORMAT,
             "version": VERSION,
             "nodes": [e.to_json() for e in sorted(self, key=lambda e: e.node_id)],
         }
-        write_file_atomic(path, (json.dumps(doc, indent=1) + "\n").encode(), 0o600)
 
 
 def _check_kind(kind: object, where: str) -> None:

@@ -19,7 +19,7 @@ seconds=${1:-60}
 shift || true
 python=${PYTHON:-.venv/bin/python}
 all=(frame metrics serial ble time_downlink recording keyring policy config lines
-     verify_batches)
+     verify_batches signed_keyring rekey)
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=("${all[@]}")
 
@@ -36,7 +36,7 @@ stat() {  # stat NAME LOG: a libFuzzer final statistic, or 0
 
 for target in "${targets[@]}"; do
     case $target in
-        keyring|policy|config) argv=(fuzz/fuzz_loaders.py "$target") ;;
+        keyring|policy|config|signed_keyring|rekey) argv=(fuzz/fuzz_loaders.py "$target") ;;
         *) argv=("fuzz/fuzz_$target.py") ;;
     esac
     corpus=build/fuzz/corpus/$target

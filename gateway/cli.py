@@ -23,7 +23,15 @@ def register(groups) -> None:
         "give --broker, --keyring, --store and --data-dir for a quick start.")
     run.add_argument("--config", metavar="TOML", help="the gateway's config file")
     run.add_argument("--broker", metavar="URL", help="mqtt://HOST:PORT")
-    run.add_argument("--keyring", metavar="PATH", help="node keyring (JSON)")
+    run.add_argument("--keyring", metavar="PATH",
+                     help="node keyring (JSON, or signed with --keyring-signer); re-read when "
+                     "it changes")
+    run.add_argument("--keyring-signer", metavar="PUB",
+                     help="the fleet's keyring-signer.pub: take only keyrings it signed")
+    run.add_argument("--keyring-key", metavar="PEM",
+                     help="this gateway's keyring-x25519.pem (default: in --data-dir)")
+    run.add_argument("--keyring-poll-s", type=float, default=10.0, metavar="S",
+                     help="how often to look for a newer keyring file (default: 10)")
     run.add_argument("--store", metavar="SPEC",
                      help="sqlite:PATH or http://HOST:PORT (InfluxDB / VictoriaMetrics)")
     run.add_argument("--data-dir", metavar="DIR", help="where the durable outbox lives")
@@ -32,6 +40,18 @@ def register(groups) -> None:
     run.add_argument("--duration", type=float, metavar="S",
                      help="stop after S seconds (default: run until signalled)")
     run.set_defaults(handler=command_run)
+
+    kk = sub.add_parser("keyring-key", help="this gateway's key for sealed keyrings (X25519)")
+    kk_sub = kk.add_subparsers(dest="kk_command", metavar="COMMAND", required=True)
+    kk_init = kk_sub.add_parser(
+        "init", help="make the key pair in the data dir; prints the public key file's path",
+        description="Makes keyring-x25519.pem (private, 0600, never leaves the gateway) and "
+        "keyring-x25519.pub in the gateway's data dir.  Give the .pub to the fleet operator "
+        "for `dordt fleet gateway add NAME --zone Z --keyring-pub FILE`.")
+    where = kk_init.add_mutually_exclusive_group(required=True)
+    where.add_argument("--config", metavar="TOML", help="the gateway's config (its data_dir)")
+    where.add_argument("--data-dir", metavar="DIR")
+    kk_init.set_defaults(handler=command_keyring_key_init)
 
     check = sub.add_parser("check-config", help="validate a config file and say what is wrong")
     check.add_argument("--config", required=True, metavar="TOML")
@@ -67,13 +87,38 @@ def _load_config(path: str):
         raise UserError(str(exc), 2) from exc
 
 
+def command_keyring_key_init(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fleet.keyring_file import KeyringFileError, init_gateway_key
+
+    data_dir = (_load_config(args.config).path_of("gateway", "data_dir") if args.config
+                else Path(args.data_dir))
+    try:
+        _, public = init_gateway_key(data_dir)
+    except KeyringFileError as exc:
+        raise UserError(str(exc), 2) from None
+    print(public)
+    return 0
+
+
+def _keyring_source(cfg):
+    from gateway.keyring_source import KeyringSource
+
+    g = cfg["gateway"]
+    return KeyringSource(cfg.path_of("gateway", "keyring"), cfg.path_of("gateway", "data_dir"),
+                         g["id"], signer_path=cfg.path_of("gateway", "keyring_signer"),
+                         private_key_path=cfg.path_of("gateway", "keyring_key"),
+                         poll_s=g["keyring_poll_s"])
+
+
 def command_check_config(args: argparse.Namespace) -> int:
-    from fleet.keyring import Keyring, KeyringError
+    from fleet.keyring import KeyringError
 
     cfg = _load_config(args.config)
+    source = _keyring_source(cfg)
     try:
-        Keyring.check_private(cfg.path_of("gateway", "keyring"))
-        ring = Keyring.load(cfg.path_of("gateway", "keyring"))
+        ring = source.load(keep=False)
     except KeyringError as exc:
         raise UserError(f"{args.config}: [gateway] keyring: {exc}", 2) from exc
     from gateway.anonymise import PolicyError, default_policy_path, load_policy
@@ -84,15 +129,19 @@ def command_check_config(args: argparse.Namespace) -> int:
     except PolicyError as exc:
         raise UserError(f"{args.config}: [gateway] policy: {exc}", 2) from exc
     print(f"{args.config}: policy {policy_path} version {policy.version}")
+    if source.signed:
+        print(f"{args.config}: signed keyring serial {source.serial}, issued "
+              f"{source.issued_at}")
     print(f"{args.config}: ok (gateway {cfg['gateway']['id']}, {len(ring)} nodes, "
           f"broker {cfg['mqtt']['url']}, store {cfg['store']['url']})")
     return 0
 
 
 def command_run(args: argparse.Namespace) -> int:
-    from fleet.keyring import Keyring, KeyringError
+    from fleet.keyring import KeyringError
     from gateway.buffer import OutboxError
     from gateway.forward import StoreError, open_store
+    from gateway.keyring_source import KeyringSource
     from gateway.logs import setup_logging
     from gateway.pipeline import Gateway
 
@@ -101,7 +150,6 @@ def command_run(args: argparse.Namespace) -> int:
         if args.config:
             cfg = _load_config(args.config)
             setup_logging(cfg["log"]["format"], cfg["log"]["level"])
-            Keyring.check_private(cfg.path_of("gateway", "keyring"))
             data_dir = cfg.path_of("gateway", "data_dir")
             gateway = Gateway.from_config(cfg)
             broker, store_spec = cfg["mqtt"]["url"], cfg["store"]["url"]
@@ -110,11 +158,16 @@ def command_run(args: argparse.Namespace) -> int:
                                                            "data_dir") if not getattr(args, n)]
             if missing:
                 raise UserError(f"give --config, or all of {', '.join(missing)}", 2)
-            Keyring.check_private(args.keyring)
-            keyring = Keyring.load(args.keyring)
+            if args.keyring_poll_s <= 0:
+                raise UserError("--keyring-poll-s: give seconds, more than 0", 2)
+            source = KeyringSource(args.keyring, args.data_dir, args.client_id,
+                                   signer_path=args.keyring_signer,
+                                   private_key_path=args.keyring_key,
+                                   poll_s=args.keyring_poll_s)
+            keyring = source.load()
             data_dir = args.data_dir
             gateway = Gateway(keyring, open_store(args.store), args.data_dir, args.broker,
-                              client_id=args.client_id)
+                              client_id=args.client_id, keyring_source=source)
             broker, store_spec = args.broker, args.store
         gateway.start()
     except (KeyringError, ValueError) as exc:

@@ -24,6 +24,9 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "id": (_STR, True, None),
         "data_dir": (_STR, True, None),
         "keyring": (_STR, True, None),
+        "keyring_signer": (_STR, False, ""),
+        "keyring_key": (_STR, False, ""),
+        "keyring_poll_s": (_NUM, False, 10.0),
         "policy": (_STR, False, ""),
     },
     "mqtt": {
@@ -144,6 +147,15 @@ def _check_semantics(path: Path, v: dict[str, dict]) -> None:
         v["mqtt"][k] for k in ("ca_file", "cert_file", "key_file")
     ):
         raise ConfigError(f"{path}: [mqtt] url is mqtts://: set ca_file, cert_file and key_file")
+    poll = v["gateway"]["keyring_poll_s"]
+    if not 0 < poll <= 3600:
+        raise ConfigError(f"{path}: [gateway] keyring_poll_s = {poll!r}: give seconds between "
+                          "looks at the keyring file, more than 0 (at most 30 applies a "
+                          "revocation within a minute)")
+    if v["gateway"]["keyring_key"] and not v["gateway"]["keyring_signer"]:
+        raise ConfigError(f"{path}: [gateway] keyring_key is set but keyring_signer is not: "
+                          "a sealed keyring is taken only with the fleet's signing key; set "
+                          "keyring_signer to its keyring-signer.pub")
     store = v["store"]["url"]
     if not store.startswith(("http://", "https://", "sqlite:")):
         raise ConfigError(f"{path}: [store] url {store!r}: use http(s)://HOST:PORT or sqlite:PATH")

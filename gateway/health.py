@@ -89,6 +89,8 @@ class Health:
             "alerts": alerts,
             "counters": counters,
             "links": [link.stats() for link in gw.links],
+            # serial in use and refusals by reason (gateway/keyring_source.py)
+            "keyring": gw.keyring_source.snapshot() if gw.keyring_source is not None else None,
         }
 
     def prometheus_text(self) -> str:
@@ -130,6 +132,14 @@ class Health:
                [("", s["disk_free_bytes"])])
         metric("clock_synced", "gauge", "1 when the wall clock looks set",
                [("", int(s["clock_synced"]))])
+        ring = s["keyring"] or {"serial": 0, "loaded": 0, "refused": {}}
+        metric("keyring_serial", "gauge", "serial of the signed keyring in use (0: plain)",
+               [("", ring["serial"])])
+        metric("keyring_loads_total", "counter", "keyrings taken, the one at start included",
+               [("", ring["loaded"])])
+        metric("keyring_refused_total", "counter", "keyring files refused, by reason",
+               [(f'{{reason="{k}"}}', v) for k, v in sorted(ring["refused"].items())]
+               or [("", 0)])
         return "\n".join(lines) + "\n"
 
     def heartbeat_point(self) -> Point:

@@ -28,6 +28,7 @@ from gateway.forward import Store, open_store
 from gateway.forward.forwarder import Forwarder, Provenance
 from gateway.health import Health, sd_notify, watchdog_interval_s
 from gateway.ingest.mqtt import MqttIngest, MqttTls
+from gateway.keyring_source import KeyringSource
 from gateway.model import Envelope, Reading, Rejected
 from gateway.provenance import AuditLog, GatewayIdentity
 from gateway.verify import Verifier
@@ -69,6 +70,7 @@ class Gateway:
         ble: dict | None = None,
         policy_path: str | Path | None = None,
         broker_tls: MqttTls | None = None,
+        keyring_source: KeyringSource | None = None,
     ):
         self.data_dir = Path(data_dir)
         self.outbox = Outbox(self.data_dir / "outbox.sqlite", buffer_max_bytes,
@@ -76,6 +78,8 @@ class Gateway:
                              reserve_bytes=buffer_reserve_bytes)
         self.housekeeping_s = housekeeping_s
         self.verifier = Verifier(keyring, self.outbox.load_windows())
+        # the keyring file, watched: newer keyrings are taken on the pipeline thread
+        self.keyring_source = keyring_source
         self.gateway_id = gateway_id or client_id
         self.identity = GatewayIdentity.load_or_create(self.data_dir, self.gateway_id)
         self.audit = AuditLog(self.data_dir / "audit.log")
@@ -126,7 +130,12 @@ class Gateway:
     def from_config(cls, cfg: GatewayConfig) -> Gateway:
         """A gateway as a validated config file describes it (gateway/gateway.sample.toml)."""
         g, m, st, b, h = cfg["gateway"], cfg["mqtt"], cfg["store"], cfg["buffer"], cfg["health"]
-        keyring = Keyring.load(cfg.path_of("gateway", "keyring"))
+        source = KeyringSource(cfg.path_of("gateway", "keyring"),
+                               cfg.path_of("gateway", "data_dir"), g["id"],
+                               signer_path=cfg.path_of("gateway", "keyring_signer"),
+                               private_key_path=cfg.path_of("gateway", "keyring_key"),
+                               poll_s=g["keyring_poll_s"])
+        keyring = source.load()
         spec = st["url"]
         if spec.startswith("sqlite:"):
             store = open_store(spec)
@@ -145,6 +154,7 @@ class Gateway:
             broker_tls=MqttTls(cfg.path_of("mqtt", "ca_file"), cfg.path_of("mqtt", "cert_file"),
                                cfg.path_of("mqtt", "key_file"))
             if m["url"].startswith("mqtts://") else None,
+            keyring_source=source,
         )
         gw.forwarder.batch_max = st["batch_max"]
         return gw
@@ -216,14 +226,22 @@ class Gateway:
                 self.rejections = (self.rejections + [r])[-20:]
         if readings:
             self.forwarder.wake()
-            self._send_time([r for r in readings if r.time_estimated])
+            unsynced = [r for r in readings if r.time_estimated]
+            if unsynced:
+                self._send_time(unsynced, envelopes, results)
         return results
 
-    def _send_time(self, unsynced: list[Reading]) -> None:
+    def _send_time(self, unsynced: list[Reading], envelopes: list[Envelope],
+                   results: list) -> None:
         """Nodes without a clock get the gateway's time on their downlink topic, signed with
-        their key (firmware/uplink/mqtt.py: encode_time), at most once a minute each."""
+        their key (firmware/uplink/mqtt.py: encode_time), at most once a minute each.
+        Signed with the key id of the node's frame: during a key rotation the keyring holds
+        two keys, and a node accepts time only under the key id it uses."""
         if self.ingest is None or not unsynced:
             return
+        # byte 3 of a frame is its key id (docs/protocol.md §2)
+        key_ids = {r.node: env.payload[3] for env, r in zip(envelopes, results, strict=True)
+                   if type(r) is Reading and r.time_estimated}
         now = time.time()
         for r in unsynced:
             node_id = int(r.node, 16)
@@ -233,7 +251,9 @@ class Gateway:
                 continue
             if now - self._time_sent.get(node_id, 0.0) < TIME_DOWNLINK_EVERY_S:
                 continue
-            key_id = max(entry.keys)
+            key_id = key_ids.get(r.node, max(entry.keys))
+            if key_id not in entry.keys:
+                continue
             msg = encode_time(entry.keys[key_id], node_id, max(window.highest, 0), int(now),
                               key_id)
             if self.ingest.send(topic_down(entry.zone, node_id), msg):
@@ -255,6 +275,23 @@ class Gateway:
             self.outbox.add_point(self.health.heartbeat_point())
             self.forwarder.wake()
 
+    def _poll_keyring(self) -> None:
+        """Take a newer keyring from the watched file (gateway/keyring_source.py).  On this
+        thread, between groups: a group is verified against one keyring.  use_keyring keeps
+        the replay windows, so a rotated key id continues the node's counter (docs/protocol.md
+        §4) and a keyring change never reopens a replay."""
+        refused = sum(self.keyring_source.refused.values())
+        try:
+            ring = self.keyring_source.poll()
+        except Exception:
+            log.exception("keyring: could not check %s; keeping the keyring in use",
+                          self.keyring_source.path)
+            return
+        if sum(self.keyring_source.refused.values()) > refused:
+            self.alerts["keyring_refused"] = time.time()
+        if ring is not None:
+            self.verifier.use_keyring(ring)
+
     def _run(self) -> None:
         next_housekeeping = time.monotonic()
         while not self._stop.is_set() or not self.queue.empty():
@@ -268,6 +305,8 @@ class Gateway:
                     self.housekeeping()
                 except Exception:
                     log.exception("housekeeping failed; will try again")
+            if self.keyring_source is not None:
+                self._poll_keyring()
             try:
                 first = self.queue.get(timeout=0.2)
             except queue.Empty:

@@ -391,7 +391,7 @@ def read_victoriametrics(url: str, start_s: int, end_s: int, timeout_s: float = 
     import urllib.parse
     import urllib.request
 
-    field_re = ".*" if fields is None else "(" + "|".join(map(re.escape, fields)) + ")"
+    field_re = ".*" if not fields else "(" + "|".join(map(re.escape, fields)) + ")"
     match = '{__name__=~"(' + "|".join(measurements) + ")_" + field_re + '"}'
     query = urllib.parse.urlencode({"match[]": match, "start": start_s, "end": end_s})
     with urllib.request.urlopen(f"{url.rstrip('/')}/api/v1/export?{query}",

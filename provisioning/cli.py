@@ -61,6 +61,16 @@ def register(groups) -> None:
                    help="also see the frame accepted by a gateway on this MQTT broker")
     p.set_defaults(handler=command_selftest)
 
+    p = sub.add_parser("rekey", help="take a rotated key to the board (a rekey file from "
+                       "`dordt fleet registry rotate-key`)",
+                       description="Sends the rekey file to the board, which opens it with its "
+                       "current key and switches to the new key id in one atomic step "
+                       "(docs/fleet.md, 'Key rotation'). The new key is never in the clear on "
+                       "this laptop or the serial line.")
+    _board_args(p)
+    p.add_argument("rekey_file", metavar="REKEY_FILE")
+    p.set_defaults(handler=command_rekey)
+
     p = sub.add_parser("label", help="write a QR label (SVG and PNG) with the node's public "
                        "fields")
     label.add_label_arguments(p)
@@ -261,6 +271,25 @@ def command_enrol(args) -> int:
                 "already": done.already, "bundle": str(bundle_path(args))},
          [f"board {what} node {done.node} ({done.kind}, {done.zone}/{done.site}); key sealed "
           f"in {bundle_path(args)} (hand it to the fleet operator: `dordt fleet import`)"])
+    return 0
+
+
+# -- rekey -----------------------------------------------------------------------------------
+
+
+def command_rekey(args) -> int:
+    from provisioning import rekey
+    from provisioning.identify import identify
+
+    doc = rekey.load(Path(args.rekey_file))
+    with open_link(args) as link:
+        identify(link, args.board)
+        done = rekey.rekey(link, doc)
+    emit(args, {"node": done.node, "from_key_id": done.from_key_id, "key_id": done.key_id,
+                "fingerprint": done.fingerprint},
+         [f"node {done.node} now signs with key {done.key_id} (fingerprint {done.fingerprint}) "
+          f"from its next start; delete {args.rekey_file}, and once its frames arrive under "
+          f"key {done.key_id}: `dordt fleet registry rotate-key {done.node} --finish`"])
     return 0
 
 

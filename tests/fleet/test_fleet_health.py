@@ -19,6 +19,7 @@ from firmware import protocol
 from fleet.fleet_health import fleet_health, parse_duration_s, summarise
 from fleet.health_page import to_html
 from fleet.keyring import Keyring, NodeEntry
+from fleet.offers import OTA_STATES
 from gateway.forward.influx import InfluxStore
 from gateway.forward.local import LocalStore
 from gateway.model import Envelope, Point, Reading
@@ -89,7 +90,9 @@ def write_fleet(make_store, root, now_s: int) -> SimpleNamespace:
                 gw.outbox.add_point(Point("ota", {"zone": "maasterras",
                                                   "node": f"{node.node_id:08x}",
                                                   "gateway": gw_id},
-                                          {"serial": 7.0, "state": 4.0, "version": 200.0}, t))
+                                          {"serial": 7.0,
+                                           "state": float(OTA_STATES["confirmed"]),
+                                           "version": 200.0}, t))
             # the store is reachable now and then (each gateway's own rhythm)
             every = 4 if gw_id == "gw-spz" else 3
             if r % every == every - 1 or r == ROUNDS:

@@ -20,7 +20,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 REGRESSIONS = Path(__file__).resolve().parent / "regressions"
 TARGETS = ["frame", "metrics", "serial", "ble", "time_downlink", "recording", "keyring",
-           "policy", "config", "lines", "verify_batches"]
+           "policy", "config", "lines", "verify_batches", "signed_keyring", "rekey"]
 C_TARGETS = ["frame", "metrics"]
 SMOKE_S = 2
 
@@ -28,7 +28,7 @@ pytest.importorskip("atheris", reason="atheris is in the [test] extra: make setu
 
 
 def argv(target: str) -> list[str]:
-    if target in ("keyring", "policy", "config"):
+    if target in ("keyring", "policy", "config", "signed_keyring", "rekey"):
         return [sys.executable, str(REPO / "fuzz" / "fuzz_loaders.py"), target]
     return [sys.executable, str(REPO / "fuzz" / f"fuzz_{target}.py")]
 

@@ -40,6 +40,8 @@ def test_the_sample_config_is_valid_and_documents_every_key():
     (('listen = "127.0.0.1:9108"', 'listen = "0.0.0.0:9108"'), "stay on loopback"),
     (('cert_file = "/etc/dordt/ca/gateways/gw-spoorzone-01/client.crt"', ""),
      "set ca_file, cert_file and key_file"),
+    (("keyring_poll_s = 10.0", "keyring_poll_s = 0"), "[gateway] keyring_poll_s = 0"),
+    (('keyring_key = ""', 'keyring_key = "k.pem"'), "keyring_signer is not"),
 ])
 def test_mistakes_name_the_key_and_the_fix(tmp_path, change, message):
     path = tmp_path / "gw.toml"
