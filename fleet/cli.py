@@ -1,5 +1,6 @@
-"""`dordt fleet ...`: the node keyring (enrol, list, revoke) and the fleet CA
-(`dordt fleet ca ...`: certificates for the gateways' brokers, fleet/ca.py)."""
+"""`dordt fleet ...`: the plain node keyring (enrol, list, revoke) and the fleet CA
+(`dordt fleet ca ...`: certificates for the gateways' brokers, fleet/ca.py); the registry,
+keyrings, releases, balena and health commands register from their own cli_* modules."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ from fleet import cli_rollout
 
 
 def register(groups) -> None:
-    g = groups.add_parser("fleet", help="node registry, keys and certificates",
-                          description="Enrol, list and revoke nodes in a keyring file; "
-                          "issue and revoke their certificates (fleet ca).")
+    g = groups.add_parser("fleet", help="registry, keyrings, releases, balena, fleet health",
+                          description="The fleet registry (nodes, gateways, keys), signed "
+                          "keyrings for gateways, firmware releases and their staged "
+                          "rollout, gateways on balena, fleet health, the fleet CA; and the "
+                          "plain keyring file commands (enrol, import, list, revoke) of a "
+                          "single gateway.  docs/fleet.md is the operator's guide.")
     sub = g.add_subparsers(dest="command", metavar="COMMAND", required=True)
     enrol = sub.add_parser("enrol", help="add a node with a fresh random key")
     enrol.add_argument("--keyring", required=True, metavar="PATH")
