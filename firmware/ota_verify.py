@@ -2,8 +2,9 @@
 # what was downloaded into the inactive slot is exactly what the fleet signed.  The OTA
 # client (firmware/ota.py) loads this module for an update only and gives it back after:
 #     v = firmware.use_module("firmware.ota_verify") ... drop_module("firmware.ota_verify")
-# (and drops "firmware.ed25519" / "firmware.sha512" too), so a node in service holds none
-# of it (tests/firmware/test_installed_heap.py).
+# (and "firmware.slots" when the client had not loaded it itself), so a node in service
+# holds none of it (tests/firmware/test_installed_heap.py).  check_release loads
+# firmware.ed25519 (and firmware.sha512) for the signature and drops them itself.
 #
 # API (for the OTA client and tests):
 #   read_release_pub(root="/") -> 32 bytes     the fleet's key from /release.pub (64 hex)
@@ -18,11 +19,13 @@
 #       every file of doc["files"] staged under the slot with its size and SHA-256, and the
 #       staged MANIFEST.json the one release.json names and naming exactly those files;
 #       returns MANIFEST.json's sha256 for slots.switch(slot, manifest_sha, trial=True).
+#   check_document(release_json) -> doc, check_files(dir, doc) -> manifest_sha: the same
+#       rules without the node (fleet/release.py runs them on the host)
 #   parse_version("M.m.p") -> (M, m, p)
 #
 # On failure: ReleaseRefused(reason, sentence): `reason` is a short stable code for the OTA
 # `state` message and for tests, str() a sentence for people:
-#   check_release: no_key, bad_signature, malformed, unknown_format, wrong_kind,
+#   check_release: no_key, bad_signature, unknown_format, malformed, wrong_kind,
 #                  wrong_hardware, replayed, downgrade, too_old
 #   check_staged:  missing_file, wrong_size (a truncated or overlong download), bad_hash,
 #                  wrong_manifest
@@ -36,10 +39,12 @@ import json
 import os
 from binascii import unhexlify
 
-from firmware import slots
+from firmware import drop_module, slots, use_module
 
 FORMAT = "dordt-release"
 FORMAT_VERSION = 1
+_ED25519 = "firmware.ed25519"
+_SHA512 = "firmware.sha512"
 RELEASE_PUB = "release.pub"  # at the flash root, outside the slots: no update changes it
 
 
@@ -80,8 +85,6 @@ def read_release_pub(root="/"):
 
 
 def _verify_signature(release_json, sig_hex, release_pub):
-    from firmware import ed25519
-
     try:
         if isinstance(sig_hex, str):
             sig_hex = sig_hex.encode()
@@ -90,7 +93,15 @@ def _verify_signature(release_json, sig_hex, release_pub):
         sig = b""
     if len(sig) != 64:
         raise ReleaseRefused("bad_signature", "release.sig is not 128 hex digits")
-    if len(release_pub) != 32 or not ed25519.verify(release_pub, release_json, sig):
+    # Ed25519 (and the pure SHA-512 it may load) only for this call: ~10 KB of bytecode and
+    # constants a node in service should not hold.
+    ed25519 = use_module(_ED25519)
+    try:
+        ok = len(release_pub) == 32 and ed25519.verify(release_pub, release_json, sig)
+    finally:
+        drop_module(_ED25519)
+        drop_module(_SHA512)
+    if not ok:
         raise ReleaseRefused("bad_signature", "release.json's signature does not verify with "
                              "this node's release key: not a release of this fleet, or altered")
 
@@ -152,48 +163,65 @@ def _check_files(doc):
         raise ReleaseRefused("malformed", "release.json's size is not the sum of its files")
 
 
-def check_release(release_json, sig_hex, release_pub, node):
-    """The parsed release.json when this node may take the release; else ReleaseRefused."""
-    _verify_signature(release_json, sig_hex, release_pub)
+def check_document(release_json):
+    """release.json parsed, when its format is known and its fields are well formed (no
+    signature check: that is check_release's first step on the node, `cryptography`'s on the
+    host, fleet/release.py); else ReleaseRefused("unknown_format" or "malformed")."""
     doc = _parse(release_json)
     if doc.get("format") != FORMAT or doc.get("format_version") != FORMAT_VERSION:
         raise ReleaseRefused("unknown_format", "release format %r version %r is not one this "
                              "firmware knows (%s %d)" % (doc.get("format"),
                                                          doc.get("format_version"), FORMAT,
                                                          FORMAT_VERSION))
-    kinds = _field(doc, "kinds", list)
-    if node["kind"] not in kinds:
-        raise ReleaseRefused("wrong_kind", "the release is for %s nodes, not %s"
-                             % (", ".join(str(k) for k in kinds) or "no", node["kind"]))
-    hardware = _field(doc, "hardware", list)
-    if node["board"] not in hardware:
-        raise ReleaseRefused("wrong_hardware", "the release is for %s boards, not %s"
-                             % (", ".join(str(h) for h in hardware) or "no", node["board"]))
-    serial = _field(doc, "serial", int)
-    if serial <= node.get("serial", 0):
-        raise ReleaseRefused("replayed", "release serial %d is not above %d, the last one "
-                             "installed: an old release offered again" % (serial,
-                                                                          node.get("serial", 0)))
-    version = _version_field(doc, "version")
-    running = tuple(node["version"])
-    rollback = doc.get("rollback") is True
-    if version <= running and not rollback:
-        raise ReleaseRefused("downgrade", "release %s is not newer than the running %s and "
-                             "is not signed as a rollback" % (_version_text(version),
-                                                              _version_text(running)))
-    minimum = _version_field(doc, "min_firmware")
-    if running < minimum:
-        raise ReleaseRefused("too_old", "the running firmware %s is older than %s, the oldest "
-                             "this release updates from: install an intermediate release "
-                             "first" % (_version_text(running), _version_text(minimum)))
+    for key in ("kinds", "hardware"):
+        values = _field(doc, key, list)
+        if not all(isinstance(v, str) for v in values):
+            raise ReleaseRefused("malformed", "release.json's %r are not all names" % key)
+    if _field(doc, "serial", int) < 1:
+        raise ReleaseRefused("malformed", "release.json's serial is below 1")
+    if not isinstance(doc.get("rollback", False), bool):
+        raise ReleaseRefused("malformed", "release.json's 'rollback' is not true or false")
+    _version_field(doc, "version")
+    _version_field(doc, "min_firmware")
     _check_files(doc)
     return doc
 
 
-def check_staged(slot, doc, root="/"):
-    """MANIFEST.json's sha256 when every file of `doc` (a release.json that check_release
-    accepted) is staged in `slot` with its size and hash; else ReleaseRefused."""
-    base = slots.slot_dir(slot, root)
+def check_release(release_json, sig_hex, release_pub, node):
+    """The parsed release.json when this node may take the release; else ReleaseRefused."""
+    _verify_signature(release_json, sig_hex, release_pub)
+    doc = check_document(release_json)
+    kinds = doc["kinds"]
+    if node["kind"] not in kinds:
+        raise ReleaseRefused("wrong_kind", "the release is for %s nodes, not %s"
+                             % (", ".join(kinds) or "no", node["kind"]))
+    hardware = doc["hardware"]
+    if node["board"] not in hardware:
+        raise ReleaseRefused("wrong_hardware", "the release is for %s boards, not %s"
+                             % (", ".join(hardware) or "no", node["board"]))
+    serial = doc["serial"]
+    last = node.get("serial") or 0
+    if serial <= last:
+        raise ReleaseRefused("replayed", "release serial %d is not above %d, the last one "
+                             "installed: an old release offered again" % (serial, last))
+    version = parse_version(doc["version"])
+    running = tuple(node["version"])
+    if version <= running and doc.get("rollback") is not True:
+        raise ReleaseRefused("downgrade", "release %s is not newer than the running %s and "
+                             "is not signed as a rollback" % (_version_text(version),
+                                                              _version_text(running)))
+    minimum = parse_version(doc["min_firmware"])
+    if running < minimum:
+        raise ReleaseRefused("too_old", "the running firmware %s is older than %s, the oldest "
+                             "this release updates from: install an intermediate release "
+                             "first" % (_version_text(running), _version_text(minimum)))
+    return doc
+
+
+def check_files(base, doc):
+    """MANIFEST.json's sha256 when every file of `doc` (a checked release.json) is under the
+    directory `base` with its size and SHA-256, and that MANIFEST.json names exactly the
+    release's other files with the same hashes and sizes; else ReleaseRefused."""
     buf = bytearray(512)
     manifest_sha = None
     for entry in doc["files"]:
@@ -201,7 +229,7 @@ def check_staged(slot, doc, root="/"):
         try:
             size = os.stat(path)[6]
         except OSError:
-            raise ReleaseRefused("missing_file", "%s was not staged" % entry["path"]) from None
+            raise ReleaseRefused("missing_file", "%s is missing" % entry["path"]) from None
         if size != entry["size"]:
             raise ReleaseRefused("wrong_size", "%s has %d bytes, not %d: a cut or overlong "
                                  "download" % (entry["path"], size, entry["size"]))
@@ -210,23 +238,31 @@ def check_staged(slot, doc, root="/"):
                                  % entry["path"])
         if entry["path"] == slots.MANIFEST:
             manifest_sha = entry["sha256"]
-    manifest, sha = slots.read_manifest(slot, root)
-    if manifest is None or sha != manifest_sha:
-        raise ReleaseRefused("wrong_manifest", "the staged %s is not the one release.json "
-                             "names" % slots.MANIFEST)
+    try:
+        with open(slots._join(base, slots.MANIFEST), "rb") as f:
+            manifest = json.loads(f.read())
+        named = manifest["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ReleaseRefused("wrong_manifest", "%s is not a slot manifest"
+                             % slots.MANIFEST) from None
     # The slot manifest must name exactly the release's other files: slots.check_slot (which
-    # boot() runs) then checks the same bytes the signature covered, and nothing unsigned.
+    # boot() runs at every start) then checks the bytes the signature covered, nothing else.
     signed = {}
     for e in doc["files"]:
         if e["path"] != slots.MANIFEST:
             signed[e["path"]] = (e["sha256"], e["size"])
-    named = manifest.get("files", ())
-    if len(named) != len(signed):
-        raise ReleaseRefused("wrong_manifest", "the staged %s names other files than "
-                             "release.json" % slots.MANIFEST)
+    if not isinstance(named, list) or len(named) != len(signed):
+        raise ReleaseRefused("wrong_manifest", "%s names other files than release.json"
+                             % slots.MANIFEST)
     for entry in named:
-        if signed.get(entry.get("path")) != (entry.get("sha256"), entry.get("size")):
-            raise ReleaseRefused("wrong_manifest", "the staged %s names %s, which "
-                                 "release.json does not sign as it is" % (slots.MANIFEST,
-                                                                          entry.get("path")))
+        if not isinstance(entry, dict) or \
+                signed.get(entry.get("path")) != (entry.get("sha256"), entry.get("size")):
+            raise ReleaseRefused("wrong_manifest", "%s names a file that release.json does "
+                                 "not sign as it is" % slots.MANIFEST)
     return manifest_sha
+
+
+def check_staged(slot, doc, root="/"):
+    """check_files() on the staged slot: MANIFEST.json's sha256 for
+    slots.switch(slot, manifest_sha, trial=True); else ReleaseRefused."""
+    return check_files(slots.slot_dir(slot, root), doc)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from dordt.errors import UserError
+from fleet import cli_release
 
 
 def register(groups) -> None:
@@ -46,6 +47,7 @@ def register(groups) -> None:
     revoke.add_argument("--node", required=True)
     revoke.set_defaults(handler=command_revoke)
     _register_ca(sub)
+    cli_release.register(sub)  # release key, build, verify (fleet/cli_release.py)
 
 
 def _register_ca(sub) -> None:
