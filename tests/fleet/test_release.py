@@ -1,0 +1,223 @@
+"""Signed firmware releases on the host (fleet/release.py, `dordt fleet release key init |
+build | verify`, docs/ota.md §1): the directory's format, the key kept private and never
+printed, serials never signed twice, operator mistakes as one-line errors with exit 2, and
+`verify` (exit 1) finding a changed, missing or extra file, a wrong key, a forged
+manifest and a directory that is no release."""
+
+import hashlib
+import json
+import stat
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from dordt.cli import main
+from fleet import release as releases
+from provisioning.build import build_firmware
+from tests.helpers import firmware_with_version
+
+
+@pytest.fixture
+def key(tmp_path):
+    return releases.init_release_key(tmp_path / "key")
+
+
+def _key_material(private_path):
+    """Every form of the private key a leak could take."""
+    key = releases.load_signing_key(private_path)
+    raw = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                            serialization.NoEncryption())
+    pem = private_path.read_text()
+    body = "".join(pem.strip().splitlines()[1:-1])
+    return [raw.hex(), raw.hex().upper(), body, body[10:40]]
+
+
+def test_key_init_makes_a_private_key_0600_and_a_public_hex_line(tmp_path, capsys):
+    assert main(["fleet", "release", "key", "init", "--dir", str(tmp_path / "k")]) == 0
+    out = capsys.readouterr().out
+    private, public = tmp_path / "k" / "release.key", tmp_path / "k" / "release.pub"
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    text = public.read_text()
+    assert len(text) == 65 and text.endswith("\n") and bytes.fromhex(text.strip())
+    assert releases.load_public_key(public) == bytes.fromhex(text.strip())
+    for secret in _key_material(private):
+        assert secret not in out
+    assert main(["fleet", "release", "key", "init", "--dir", str(tmp_path / "k")]) == 2
+    assert "holds a release key already" in capsys.readouterr().err
+    assert private.read_text().startswith("-----BEGIN PRIVATE KEY-----")
+
+
+def test_build_writes_the_release_directory_of_the_contract(tmp_path, key, capsys):
+    private, public = key
+    source = firmware_with_version(tmp_path / "src", (0, 4, 2))
+    code = main(["fleet", "release", "build", "--key", str(private), "--serial", "3",
+                 "--kinds", "air", "noise", "--hardware", "pico-w", "--min-firmware",
+                 "0.1.0", "--source", str(source), "--out", str(tmp_path / "r3"), "--json"])
+    out = capsys.readouterr().out
+    assert code == 0
+    summary = json.loads(out)
+    assert (summary["serial"], summary["version"], summary["rollback"]) == (3, "0.4.2", False)
+    for secret in _key_material(private):
+        assert secret not in out
+
+    root = tmp_path / "r3"
+    data = (root / "release.json").read_bytes()
+    doc = json.loads(data)
+    assert data == json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    assert set(doc) == {"format", "format_version", "version", "serial", "rollback", "kinds",
+                        "arch", "min_firmware", "hardware", "files", "size", "created"}
+    assert (doc["format"], doc["format_version"]) == ("dordt-release", 1)
+    assert doc["kinds"] == ["air", "noise"] and doc["hardware"] == ["pico-w"]
+    assert doc["min_firmware"] == "0.1.0" and doc["arch"] is None
+    sig = (root / "release.sig").read_text()
+    assert len(sig) == 129 and sig.endswith("\n")
+    pub = releases.load_public_key(public)
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    Ed25519PublicKey.from_public_bytes(pub).verify(bytes.fromhex(sig), data)
+
+    # files/: the slot manifest and every compiled module, as provisioning's build makes them
+    build = build_firmware(source=source)
+    assert doc["files"][0]["path"] == "MANIFEST.json"
+    assert (root / "files" / "MANIFEST.json").read_bytes() == build.manifest_bytes()
+    assert [f["path"] for f in doc["files"][1:]] == [f.path for f in build.files]
+    for entry in doc["files"]:
+        blob = (root / "files" / entry["path"]).read_bytes()
+        assert (len(blob), hashlib.sha256(blob).hexdigest()) == (entry["size"],
+                                                                 entry["sha256"])
+    assert doc["size"] == sum(f["size"] for f in doc["files"])
+    assert json.loads(build.manifest_bytes())["version"] == "0.4.2"
+
+    assert main(["fleet", "release", "verify", str(root), "--pub", str(public)]) == 0
+    assert "check out" in capsys.readouterr().out
+    loaded = releases.load_release(root)
+    assert loaded.serial == 3 and loaded.manifest_sha256 == build.manifest_sha256
+    assert loaded.file_path("firmware/node.mpy") == root / "files" / "firmware" / "node.mpy"
+    with pytest.raises(releases.ReleaseError):
+        loaded.file_path("../release.key")
+
+
+def test_a_serial_is_never_signed_twice(tmp_path, key, capsys):
+    private, _ = key
+    args = ["fleet", "release", "build", "--key", str(private), "--kinds", "air"]
+    assert main([*args, "--serial", "5", "--out", str(tmp_path / "a")]) == 0
+    capsys.readouterr()
+    for serial in ("5", "4"):
+        assert main([*args, "--serial", serial, "--out", str(tmp_path / "b")]) == 2
+        err = capsys.readouterr().err
+        assert "signed serial 5 already" in err and "use 6 or more" in err
+        assert not (tmp_path / "b").exists()
+    assert main([*args, "--serial", "6", "--out", str(tmp_path / "b"), "--rollback"]) == 0
+    assert releases.load_release(tmp_path / "b").rollback
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--serial", "0"], "1 or more"),
+    (["--serial", "1", "--kinds", "lamp"], "node kinds are"),
+    (["--serial", "1", "--hardware", "esp8266"], "board profiles are"),
+    (["--serial", "1", "--min-firmware", "1.2"], "M.m.p"),
+    (["--serial", "1", "--arch", "z80"], "unknown architecture"),
+    (["--serial", "1", "--source", "/nonexistent/firmware"], "no firmware modules"),
+])
+def test_build_mistakes_are_one_line_errors(tmp_path, key, capsys, extra, message):
+    private, _ = key
+    kinds = [] if "--kinds" in extra else ["--kinds", "air"]
+    argv = ["fleet", "release", "build", "--key", str(private), "--out", str(tmp_path / "r"),
+            *kinds, *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_build_refuses_a_missing_or_wrong_key_and_a_used_out_dir(tmp_path, key, capsys):
+    private, public = key
+    base = ["fleet", "release", "build", "--serial", "1", "--kinds", "air"]
+    assert main([*base, "--key", str(tmp_path / "none.key"), "--out", str(tmp_path / "r")]) == 2
+    assert "no release key there" in capsys.readouterr().err
+    assert main([*base, "--key", str(public), "--out", str(tmp_path / "r")]) == 2
+    assert "not a PEM Ed25519 private key" in capsys.readouterr().err
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "x").write_text("x")
+    assert main([*base, "--key", str(private), "--out", str(tmp_path / "used")]) == 2
+    assert "not an empty directory" in capsys.readouterr().err
+
+
+@pytest.fixture
+def built(tmp_path, key):
+    private, public = key
+    release = releases.build_release(private, 1, ["air"], tmp_path / "r")
+    return release, public
+
+
+def _verify(release, public, capsys):
+    code = main(["fleet", "release", "verify", str(release.root), "--pub", str(public)])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return code, err
+
+
+def test_verify_finds_a_changed_byte_in_any_file(built, capsys):
+    release, public = built
+    for entry in release.files[:3] + release.files[-2:]:
+        path = release.files_dir / entry["path"]
+        data = path.read_bytes()
+        path.write_bytes(data[:5] + bytes([data[5] ^ 1]) + data[6:])
+        code, err = _verify(release, public, capsys)
+        assert code == 1 and "SHA-256" in err and entry["path"] in err
+        path.write_bytes(data)
+    data = (release.root / "release.json").read_bytes()
+    (release.root / "release.json").write_bytes(data.replace(b'"serial":1', b'"serial":2'))
+    code, err = _verify(release, public, capsys)
+    assert code == 1 and "signature does not verify" in err
+
+
+def test_verify_finds_missing_extra_and_truncated_files(built, capsys):
+    release, public = built
+    node = release.files_dir / "firmware" / "node.mpy"
+    data = node.read_bytes()
+    node.write_bytes(data[:-1])
+    code, err = _verify(release, public, capsys)
+    assert code == 1 and "firmware/node.mpy has" in err
+    node.unlink()
+    code, err = _verify(release, public, capsys)
+    assert code == 1 and "firmware/node.mpy is missing" in err
+    node.write_bytes(data)
+    (release.files_dir / "firmware" / "extra.mpy").write_bytes(b"x")
+    code, err = _verify(release, public, capsys)
+    assert code == 1 and "extra.mpy" in err and "does not name" in err
+
+
+def test_verify_refuses_a_wrong_key_and_a_non_release(built, tmp_path, capsys):
+    release, _ = built
+    _, other = releases.init_release_key(tmp_path / "other")
+    code, err = _verify(release, other, capsys)
+    assert code == 1 and "signature does not verify" in err
+    assert main(["fleet", "release", "verify", str(tmp_path), "--pub", str(other)]) == 1
+    assert "not a release directory" in capsys.readouterr().err
+    (tmp_path / "bad.pub").write_text("12ab\n")
+    assert main(["fleet", "release", "verify", str(release.root), "--pub",
+                 str(tmp_path / "bad.pub")]) == 2
+    assert "not a release public key" in capsys.readouterr().err
+
+
+def test_verify_refuses_a_signed_manifest_that_names_other_files(built, key, capsys):
+    """A release whose slot MANIFEST.json names a file release.json does not sign: the
+    node's boot check would then accept bytes nobody signed.  Signed with the right key, so
+    only the manifest rule (ota_verify.check_files) can catch it."""
+    release, public = built
+    private, _ = key
+    manifest = json.loads((release.files_dir / "MANIFEST.json").read_bytes())
+    manifest["files"].append({"path": "firmware/evil.mpy", "sha256": "0" * 64, "size": 1})
+    blob = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+    (release.files_dir / "MANIFEST.json").write_bytes(blob)
+    doc = dict(release.doc)
+    doc["files"] = [dict(f) for f in doc["files"]]
+    doc["files"][0].update(sha256=hashlib.sha256(blob).hexdigest(), size=len(blob))
+    doc["size"] = sum(f["size"] for f in doc["files"])
+    data = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    (release.root / "release.json").write_bytes(data)
+    sig = releases.load_signing_key(private).sign(data).hex()
+    (release.root / "release.sig").write_text(sig + "\n")
+    code, err = _verify(release, public, capsys)
+    assert code == 1 and "wrong_manifest" in err
