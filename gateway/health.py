@@ -89,6 +89,7 @@ class Health:
             "alerts": alerts,
             "counters": counters,
             "links": [link.stats() for link in gw.links],
+            "ota": gw.ota.stats() if getattr(gw, "ota", None) is not None else None,
         }
 
     def prometheus_text(self) -> str:
@@ -130,6 +131,14 @@ class Health:
                [("", s["disk_free_bytes"])])
         metric("clock_synced", "gauge", "1 when the wall clock looks set",
                [("", int(s["clock_synced"]))])
+        ota = s["ota"] or {}
+        metric("ota_chunks_total", "counter", "firmware chunks sent to nodes (gateway/ota.py)",
+               [("", ota.get("chunks", 0))])
+        metric("ota_chunk_bytes_total", "counter", "firmware bytes sent to nodes",
+               [("", ota.get("chunk_bytes", 0))])
+        metric("ota_states_total", "counter", "OTA state messages from nodes, by state",
+               [(f'{{state="{k.removeprefix("state.")}"}}', v)
+                for k, v in sorted(ota.items()) if k.startswith("state.")] or [("", 0)])
         return "\n".join(lines) + "\n"
 
     def heartbeat_point(self) -> Point:

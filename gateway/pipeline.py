@@ -29,12 +29,16 @@ from gateway.forward.forwarder import Forwarder, Provenance
 from gateway.health import Health, sd_notify, watchdog_interval_s
 from gateway.ingest.mqtt import MqttIngest, MqttTls
 from gateway.model import Envelope, Reading, Rejected
+from gateway.ota import OtaServer, OtaSettings
 from gateway.provenance import AuditLog, GatewayIdentity
 from gateway.verify import Verifier
 
 log = logging.getLogger("dordt.gateway")
 
 TIME_DOWNLINK_EVERY_S = 60.0
+# A node on trial after an update (gateway/ota.py) confirms once a time message tells it
+# that a frame of this boot was accepted (firmware/ota.py): sooner than the minute above.
+TIME_DOWNLINK_TRIAL_EVERY_S = 5.0
 
 
 @dataclass
@@ -69,6 +73,7 @@ class Gateway:
         ble: dict | None = None,
         policy_path: str | Path | None = None,
         broker_tls: MqttTls | None = None,
+        ota: OtaSettings | None = None,
     ):
         self.data_dir = Path(data_dir)
         self.outbox = Outbox(self.data_dir / "outbox.sqlite", buffer_max_bytes,
@@ -115,6 +120,10 @@ class Gateway:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._loop_tick = time.monotonic()
+        self.ota = None
+        if ota is not None and broker_url:
+            self.ota = OtaServer(ota, broker_url, client_id, self.gateway_id,
+                                 self._zone_of, tls=broker_tls)
         self.health = Health(self)
         self.health_port = health_port  # None: no HTTP endpoint; 0: any free port
         self.heartbeat_s = heartbeat_s
@@ -145,6 +154,9 @@ class Gateway:
             broker_tls=MqttTls(cfg.path_of("mqtt", "ca_file"), cfg.path_of("mqtt", "cert_file"),
                                cfg.path_of("mqtt", "key_file"))
             if m["url"].startswith("mqtts://") else None,
+            ota=OtaSettings(cfg.path_of("ota", "releases"), cfg.path_of("ota", "offers"),
+                            cfg["ota"]["chunk_bytes"], cfg["ota"]["offer_every_s"])
+            if cfg["ota"]["releases"] else None,
         )
         gw.forwarder.batch_max = st["batch_max"]
         return gw
@@ -217,11 +229,27 @@ class Gateway:
         if readings:
             self.forwarder.wake()
             self._send_time([r for r in readings if r.time_estimated])
+            if self.ota is not None:
+                ota = self.ota
+                nodes = {r.node for r in readings}
+                self._send_time([r for r in readings if ota.awaiting_confirmation(r.node)],
+                                TIME_DOWNLINK_TRIAL_EVERY_S)
+                ota.on_frames(nodes)
         return results
 
-    def _send_time(self, unsynced: list[Reading]) -> None:
+    def _zone_of(self, node: str) -> str | None:
+        """The keyring's zone of a node name (gateway/ota.py), or None."""
+        try:
+            entry = self.verifier.keyring.get(int(node, 16))
+        except ValueError:
+            return None
+        return entry.zone if entry is not None else None
+
+    def _send_time(self, unsynced: list[Reading],
+                   every_s: float = TIME_DOWNLINK_EVERY_S) -> None:
         """Nodes without a clock get the gateway's time on their downlink topic, signed with
-        their key (firmware/uplink/mqtt.py: encode_time), at most once a minute each."""
+        their key (firmware/uplink/mqtt.py: encode_time), at most once a minute each (every
+        TIME_DOWNLINK_TRIAL_EVERY_S for a node on trial)."""
         if self.ingest is None or not unsynced:
             return
         now = time.time()
@@ -231,7 +259,7 @@ class Gateway:
             window = self.verifier.windows.get(node_id)
             if entry is None or window is None or not entry.keys:
                 continue
-            if now - self._time_sent.get(node_id, 0.0) < TIME_DOWNLINK_EVERY_S:
+            if now - self._time_sent.get(node_id, 0.0) < every_s:
                 continue
             key_id = max(entry.keys)
             msg = encode_time(entry.keys[key_id], node_id, max(window.highest, 0), int(now),
@@ -249,6 +277,11 @@ class Gateway:
         """Periodic duties: the buffer's bounds, the heartbeat to the store."""
         if self.outbox.enforce_bounds():
             self.alerts["buffer_evicting"] = time.time()
+            self.forwarder.wake()
+        if self.ota is not None:
+            self.ota.reload_offers() and self.ota.offer_all()
+            for point in self.ota.take_points():
+                self.outbox.add_point(point)
             self.forwarder.wake()
         if time.monotonic() >= self._next_heartbeat:
             self._next_heartbeat = time.monotonic() + self.heartbeat_s
@@ -295,6 +328,8 @@ class Gateway:
         self.forwarder.start()
         if self.ingest is not None:
             self.ingest.start()
+        if self.ota is not None:
+            self.ota.start()
         for link in self.links:
             link.start()
         if self.health_port is not None:
@@ -307,6 +342,8 @@ class Gateway:
         sd_notify("STOPPING=1")
         if self.ingest is not None:
             self.ingest.stop()
+        if self.ota is not None:
+            self.ota.stop()
         for link in self.links:
             link.stop()
         self.health.close()
