@@ -4,6 +4,7 @@ In:  request lines from the board (tools/micropython/board.mjs writes them to a 
 ROM code calls `_vboard_host.net(...)`): open, connect, send, receive, close, reset.
 Out: one reply line per request, after the real TCP socket on the host answered, so the
 board's interpreter blocks exactly as long as a board blocks in a socket call.
+Ctrl-C on the serial line while the board waits in a call raises KeyboardInterrupt there.
 On failure: every fault is an OSError on the board with MicroPython's errno numbers
 (which are Linux's for the network ones): ETIMEDOUT 110 when a receive, send or connect
 outlives the socket's timeout, EAGAIN 11 on a non-blocking socket with nothing to read,
@@ -85,6 +86,8 @@ def _call(request):
     reply = _vboard_host.net(request)
     if reply[:1] == "O":
         return reply[2:]
+    if reply[:1] == "K":  # Ctrl-C on the serial line while this call waited
+        raise KeyboardInterrupt
     parts = reply[2:].split(" ", 1)
     if len(parts) > 1:
         raise OSError(int(parts[0]), parts[1])
@@ -245,6 +248,10 @@ class _BoardGone(Exception):
     """The board's process went away (or is being stopped) during a call."""
 
 
+class _Interrupted(Exception):
+    """Ctrl-C reached the board while a call waited."""
+
+
 class NetLink:
     """The host end of one board process's network: two pipes and a thread.
 
@@ -263,6 +270,8 @@ class NetLink:
         self._next_id = 1
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._busy = False  # a request is being served (the board waits for the reply)
+        self._interrupt = threading.Event()
         self._thread: threading.Thread | None = None
         self.connects: list[tuple[str, int]] = []  # every address a connect was tried to
 
@@ -276,6 +285,12 @@ class NetLink:
         self.child_fds = ()
         self._thread = threading.Thread(target=self._serve, name="vboard-net", daemon=True)
         self._thread.start()
+
+    def interrupt(self) -> None:
+        """Ctrl-C from the host: a call waiting now ends in KeyboardInterrupt on the board
+        (as on a board; at any other moment the REPL gets the Ctrl-C as before)."""
+        if self._busy:
+            self._interrupt.set()
 
     def open_sockets(self) -> int:
         with self._lock:
@@ -308,7 +323,12 @@ class NetLink:
                 pending += data
                 while b"\n" in pending:
                     line, pending = pending.split(b"\n", 1)
-                    reply = self._handle(line.decode("latin1"))
+                    self._interrupt.clear()
+                    self._busy = True
+                    try:
+                        reply = self._handle(line.decode("latin1"))
+                    finally:
+                        self._busy = False
                     self._reply(reply)
         except (_BoardGone, OSError, ValueError):
             return
@@ -346,6 +366,8 @@ class NetLink:
             return f"E {errno.EINVAL} virtual board: unknown network request {op!r}"
         except _Refused as exc:
             return f"E {exc.code} {exc.message}"
+        except _Interrupted:
+            return "K"
         except TimeoutError:
             return f"E {errno.ETIMEDOUT}"
         except (BlockingIOError, InterruptedError):
@@ -409,6 +431,8 @@ class NetLink:
                 return True
             if self._req_r in readable or self._stop.is_set():
                 raise _BoardGone
+            if self._interrupt.is_set():
+                raise _Interrupted
             if deadline is not None and time.monotonic() >= deadline:
                 return False
 

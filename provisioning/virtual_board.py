@@ -41,8 +41,8 @@ Limits (docs/technician-guide.md): main.py is never run (the port cannot interru
 loop, and a node's main loop never returns); Ctrl-C only acts between commands, so callers
 need timeouts and a hard reset for a runaway program; time.sleep busy-waits; interrupts
 (BLE scan results) are delivered only while the program sleeps; sys.platform is
-"webassembly"; a socket call blocks the whole board, Ctrl-C included, until it returns (so
-give sockets a timeout, as firmware/board.py does); no TLS, UDP or name resolution.
+"webassembly"; while a socket call waits, only Ctrl-C (KeyboardInterrupt) or its timeout
+ends it; no TLS, UDP or name resolution.
 """
 
 from __future__ import annotations
@@ -1137,6 +1137,8 @@ class VirtualBoard:
 
     def _to_board(self, node_in, data: bytes) -> bool:
         """Forward host bytes; False once a drop_after() fault has pulled the cable."""
+        if b"\x03" in data and self.net is not None:
+            self.net.interrupt()  # ends a socket call the board waits in (KeyboardInterrupt)
         budget = self._drop_budget
         cut = budget is not None and len(data) >= budget
         if cut:

@@ -34,7 +34,9 @@
 //      and blocks (fs.readSync, as a board blocks in a socket call) until the host's reply
 //      line arrives on fd R.  virtual_board.py answers on real TCP sockets to 127.0.0.1
 //      only; its reply bounds every wait by the socket's timeout, so a recv that times out
-//      raises OSError(ETIMEDOUT) on the board instead of hanging it.  Pending output is
+//      raises OSError(ETIMEDOUT) on the board instead of hanging it (and Ctrl-C from the
+//      host, seen by virtual_board.py, ends a waiting call in KeyboardInterrupt: this
+//      process cannot read stdin while Python runs).  Pending output is
 //      flushed before each call, so the host sees what the board printed before it
 //      blocked.  Every new interpreter (soft reset) closes the previous one's sockets, as
 //      a board's soft reset does; the process ending (power off, kill) closes them all on
