@@ -5,11 +5,13 @@
 # In:  bytes through update().  Out: digest() -> 64 bytes, as hashlib's sha512.
 # On failure: nothing to fail on; update() takes any bytes-like object.
 #
-# Speed: 64-bit words are MicroPython big ints; a rotation is two shifts of the word
-# doubled (x | x << 64), so each Σ/σ costs one OR, three shifts and one mask.
+# Speed: 64-bit words are MicroPython big ints; a rotation is a shift of the word doubled
+# (x | x << 64, made by one multiplication), so each Σ/σ costs one product, three shifts
+# and two XORs, and no mask (see _compress).
 # RAM: one 128-byte block buffer and the 80-word schedule while compressing.
 
 _M = 0xFFFFFFFFFFFFFFFF
+_DOUBLE = (1 << 64) | 1  # x * _DOUBLE == x | x << 64: a rotation is then one shift
 
 _K = (
     0x428A2F98D728AE22, 0x7137449123EF65CD, 0xB5C0FBCFEC4D3B2F, 0xE9B5DBA58189DBBC,
@@ -41,24 +43,26 @@ _H0 = (
 
 
 def _compress(state, block):
+    # Σ/σ leave garbage above bit 63 (the doubled word's high half): only the low 64 bits
+    # of a sum depend on the low 64 bits of its terms, so one mask per new word suffices.
     w = [int.from_bytes(block[i:i + 8], "big") for i in range(0, 128, 8)]
     m = _M
+    dbl = _DOUBLE
     for t in range(16, 80):
         x = w[t - 15]
-        xx = x | (x << 64)
-        s0 = ((xx >> 1) ^ (xx >> 8)) & m ^ (x >> 7)
+        xx = x * dbl
+        s0 = (xx >> 1) ^ (xx >> 8) ^ (x >> 7)
         x = w[t - 2]
-        xx = x | (x << 64)
-        s1 = ((xx >> 19) ^ (xx >> 61)) & m ^ (x >> 6)
+        xx = x * dbl
+        s1 = (xx >> 19) ^ (xx >> 61) ^ (x >> 6)
         w.append((w[t - 16] + s0 + w[t - 7] + s1) & m)
     a, b, c, d, e, f, g, h = state
     k = _K
     for t in range(80):
-        ee = e | (e << 64)
-        ch = (e & f) ^ ((e ^ m) & g)
-        t1 = h + (((ee >> 14) ^ (ee >> 18) ^ (ee >> 41)) & m) + ch + k[t] + w[t]
-        aa = a | (a << 64)
-        t2 = (((aa >> 28) ^ (aa >> 34) ^ (aa >> 39)) & m) + ((a & b) ^ (a & c) ^ (b & c))
+        ee = e * dbl
+        t1 = h + ((ee >> 14) ^ (ee >> 18) ^ (ee >> 41)) + (g ^ (e & (f ^ g))) + k[t] + w[t]
+        aa = a * dbl
+        t2 = ((aa >> 28) ^ (aa >> 34) ^ (aa >> 39)) + ((a & b) | (c & (a | b)))
         h = g
         g = f
         f = e

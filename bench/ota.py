@@ -1,0 +1,151 @@
+"""Over-the-air updates (issue 12), measured; one JSON line at the end.
+
+- verify_s_micropython: the node's whole check of a full release under real MicroPython
+  1.27 (WebAssembly, tools/micropython): release.json's Ed25519 signature with the release
+  public key (firmware/ed25519.py, SHA-512 in pure MicroPython: this port's hashlib has
+  none), its document rules, then every staged file's size and SHA-256 and the slot
+  manifest (firmware/ota_verify.py check_release + check_staged), the verifier loaded for
+  the job as the OTA client does.  The release is `dordt fleet release build` of this
+  checkout's firmware for every kind and board; the node runs its firmware from the
+  release's own .mpy files, as a board does.  Median of RUNS fresh interpreters, timed
+  inside the interpreter (no process start, no file placement); split into
+  signature_s_micropython (check_release) and hashes_s_micropython (check_staged).
+- Baseline in the same run: verify_s_host, the same checks of the same release on this
+  machine by `dordt fleet release verify` (fleet/release.verify_release: `cryptography`'s
+  Ed25519, hashlib), median of RUNS; verify_ratio = micropython / host.  Also
+  verify_s_cpython_pure: the node's own modules (pure Ed25519) under CPython, which shows
+  how much is the interpreter and how much the algorithm.
+- ota_s (to come from the OTA transport's measurement): a whole update of a virtual board.
+
+Each measurement is one function returning its keys (MEASUREMENTS below); main() runs them
+in order and prints a table and then the JSON line.  Bounded: a few seconds each.
+
+    .venv/bin/python bench/ota.py
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from firmware import ota_verify  # noqa: E402
+from fleet.release import (  # noqa: E402
+    build_release,
+    init_release_key,
+    load_public_key,
+    verify_release,
+)
+from tests.fixtures.micropython import MicroPython  # noqa: E402
+
+RUNS = 5
+SLOT = "b"
+NODE = {"kind": "air", "board": "pico-w", "version": (0, 0, 1), "serial": 0}
+
+_VERIFY_ON_NODE = f"""
+import json, time
+from firmware import use_module, drop_module
+def _read(p):
+    with open(p, "rb") as f:
+        return f.read()
+t0 = time.ticks_us()
+v = use_module("firmware.ota_verify")
+doc = v.check_release(_read("/ota/release.json"), _read("/ota/release.sig"),
+                      v.read_release_pub("/"), NODE)
+t1 = time.ticks_us()
+sha = v.check_staged("{SLOT}", doc, "/")
+t2 = time.ticks_us()
+drop_module("firmware.ota_verify")
+print(json.dumps({{"signature_us": time.ticks_diff(t1, t0),
+                  "hashes_us": time.ticks_diff(t2, t1),
+                  "manifest": sha}}))
+"""
+
+
+def _median(values):
+    return statistics.median(values)
+
+
+def _node_files(release, pub_path: Path) -> dict:
+    """The node's flash with the release downloaded: its key, release.json and .sig, every
+    file staged in the inactive slot, and the running firmware = the release's .mpy files
+    under /lib (where the interpreter imports from)."""
+    files = {"/release.pub": pub_path.read_bytes(), "/ota/release.json": release.json_bytes,
+             "/ota/release.sig": (release.root / "release.sig").read_bytes()}
+    for entry in release.files:
+        data = (release.files_dir / entry["path"]).read_bytes()
+        files[f"/fw/{SLOT}/{entry['path']}"] = data
+        if entry["path"].endswith(".mpy"):
+            files["/lib/" + entry["path"]] = data
+    return files
+
+
+def measure_verify(work: Path) -> dict:
+    key, pub = init_release_key(work / "key")
+    release = build_release(key, 1, ["air", "noise", "crowd"], work / "release")
+    node_files = _node_files(release, pub)
+    node = shutil.which("node")
+    if node is None:
+        sys.exit("bench/ota.py: MicroPython needs Node: run `make setup-test`")
+    mp = MicroPython(node)
+    try:
+        code = f"NODE = {NODE!r}\n" + _VERIFY_ON_NODE
+        runs = [mp.run_json(code, files=node_files, firmware=False, timeout_s=120)
+                for _ in range(RUNS)]
+    finally:
+        mp.close()
+    assert all(r["manifest"] == release.manifest_sha256 for r in runs)
+    signature_s = _median([r["signature_us"] for r in runs]) / 1e6
+    hashes_s = _median([r["hashes_us"] for r in runs]) / 1e6
+    verify_s = _median([(r["signature_us"] + r["hashes_us"]) for r in runs]) / 1e6
+
+    public = load_public_key(pub)
+    host = []
+    for _ in range(RUNS):
+        t0 = time.perf_counter()
+        verify_release(release.root, public)
+        host.append(time.perf_counter() - t0)
+    pure = []
+    for _ in range(RUNS):
+        t0 = time.perf_counter()
+        doc = ota_verify.check_release(release.json_bytes,
+                                       (release.root / "release.sig").read_text(), public, NODE)
+        ota_verify.check_files(str(release.files_dir), doc)
+        pure.append(time.perf_counter() - t0)
+    return {
+        "verify_s_micropython": round(verify_s, 4),
+        "signature_s_micropython": round(signature_s, 4),
+        "hashes_s_micropython": round(hashes_s, 4),
+        "verify_s_host": round(_median(host), 5),
+        "verify_s_cpython_pure": round(_median(pure), 5),
+        "verify_ratio": round(verify_s / _median(host), 1),
+        "release_bytes": release.size,
+        "release_files": len(release.files),
+        "release_json_bytes": len(release.json_bytes),
+    }
+
+
+# One function per measurement, each returning its keys for the JSON line.
+MEASUREMENTS = [measure_verify]
+
+
+def main() -> None:
+    result: dict = {}
+    with tempfile.TemporaryDirectory(prefix="dordt-bench-ota-") as tmp:
+        for measure in MEASUREMENTS:
+            work = Path(tmp) / measure.__name__
+            work.mkdir()
+            result.update(measure(work))
+    for name, value in result.items():
+        print(f"{name:<28} {value}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
