@@ -305,3 +305,34 @@ s.recv(1)
     # the board goes on: the next command runs (the Ctrl-C left over is harmless at idle)
     assert repl.run("s.close()\nprint(1)") == 1
     assert net_board.net.open_sockets() == 0
+
+
+def test_the_unmodified_node_firmware_sends_a_frame_through_mosquitto(net_board, mosquitto):
+    """node.run on board.build(): Wi-Fi joins, the uplink connects over umqtt.simple and
+    publishes its first frame at QoS 1 (its back-off jitter uses os.urandom)."""
+    flash = net_board.flash_dir
+    (flash / "config.json").write_text(json.dumps({
+        "version": 1, "node_id": "0d0a0b01", "kind": "air", "zone": "spoorzone",
+        "site": "spz-01", "broker": {"host": "127.0.0.1", "port": mosquitto.port},
+        "wifi": {"ssid": "practice", "password": "practice-only"},
+        "board": {"pins": {"i2c_sda": 8, "i2c_scl": 9, "uart_tx": 17, "uart_rx": 18}}}))
+    (flash / "node.key").write_text("5a" * 32)
+    host, got_on_host = host_subscriber(mosquitto, "dordt/v1/spoorzone/0d0a0b01/up")
+    net_board.reset()  # the board reads its flash again
+    repl = Repl(net_board)
+    try:
+        out = repl.run("""
+import json, os
+from firmware import board, node
+n = node.run(board.build(wdt_timeout_ms=None), max_ms=20000,
+             until=lambda n: n.uplink is not None and n.uplink.sent >= 1)
+print(json.dumps([n.uplink.sent, n.uplink.connects, len(os.urandom(16)),
+                  os.urandom(8) != os.urandom(8)]))
+""", timeout_s=60)
+    finally:
+        repl.close()
+        host.loop_stop()
+        host.disconnect()
+    assert out == [1, 1, 16, True]
+    wait_until(lambda: got_on_host, 10, "the frame at the host")
+    assert got_on_host[0][0] == "dordt/v1/spoorzone/0d0a0b01/up"

@@ -47,6 +47,7 @@
 // Usage: node board.mjs --flash DIR [--rom DIR] [--flash-bytes N] [--heap-bytes N]
 //                       [--reset-cause N] [--net-fds R,W]
 
+import crypto from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 import { loadMicroPython } from "@micropython/micropython-webassembly-pyscript";
@@ -202,6 +203,13 @@ def chdir(p):
         _vb_os.chdir(p)
     except OSError as e:
         raise _remap(e)
+
+
+def urandom(n):
+    # a board's hardware RNG (this port's os has none): Node's crypto.randomBytes
+    import _vboard_host
+    from binascii import unhexlify
+    return unhexlify(_vboard_host.urandom_hex(n))
 `;
 
 // /rom/time.py fallback: sleeps give the board's emulated interrupts (BLE scan results,
@@ -369,6 +377,7 @@ class Board {
         board.wdtDeadline = Date.now() + timeoutMs;
       },
       net: (request) => board.netCall(request),
+      urandom_hex: (n) => crypto.randomBytes(n).toString("hex"),
     };
   }
 
