@@ -36,10 +36,14 @@ B = (_BX, _BY, 1, (_BX * _BY) % P)  # the base point, extended coordinates (X, Y
 _IDENTITY = (0, 1, 1, 0)
 
 
+# None on ports whose hashlib has no SHA-512 (MicroPython 1.27's default builds)
+_HASHLIB_SHA512 = getattr(hashlib, "sha512", None)
+
+
 def _sha512(*parts):
-    try:
-        h = hashlib.sha512()
-    except AttributeError:  # no SHA-512 in this port's hashlib (MicroPython 1.27's default)
+    if _HASHLIB_SHA512 is not None:
+        h = _HASHLIB_SHA512()
+    else:
         from firmware import sha512
 
         h = sha512.sha512()
@@ -127,7 +131,7 @@ def _double_scalar_mult(s, k, a_neg):
     a3 = _add(a2, _cached(a_neg))
     bs = (_IDENTITY, B, b2, b3)
     as_ = (_IDENTITY, a_neg, a2, a3)
-    table = [None] * 16
+    table = []
     for i in range(4):
         for j in range(4):
             if i == 0:
@@ -136,7 +140,7 @@ def _double_scalar_mult(s, k, a_neg):
                 pt = bs[i]
             else:
                 pt = _add(bs[i], _cached(as_[j]))
-            table[4 * i + j] = _cached(pt)
+            table.append(_cached(pt))
     q = _IDENTITY
     started = False
     shift = 254  # scalars are below 2**256; s < L < 2**253, k < L

@@ -116,15 +116,21 @@ def _parse(release_json):
     return doc
 
 
-def _field(doc, key, kind):
+def _wrong_type(key):
+    return ReleaseRefused("malformed", "release.json's %r is missing or of the wrong type" % key)
+
+
+def _list_field(doc, key):
     value = doc.get(key)
-    if kind is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    else:
-        ok = isinstance(value, kind)
-    if not ok:
-        raise ReleaseRefused("malformed", "release.json's %r is missing or of the wrong type"
-                             % key)
+    if not isinstance(value, list):
+        raise _wrong_type(key)
+    return value
+
+
+def _int_field(doc, key):
+    value = doc.get(key)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _wrong_type(key)
     return value
 
 
@@ -137,7 +143,7 @@ def _version_field(doc, key):
 
 
 def _check_files(doc):
-    files = _field(doc, "files", list)
+    files = _list_field(doc, "files")
     total = 0
     seen = {}
     for entry in files:
@@ -174,10 +180,10 @@ def check_document(release_json):
                                                          doc.get("format_version"), FORMAT,
                                                          FORMAT_VERSION))
     for key in ("kinds", "hardware"):
-        values = _field(doc, key, list)
+        values = _list_field(doc, key)
         if not all(isinstance(v, str) for v in values):
             raise ReleaseRefused("malformed", "release.json's %r are not all names" % key)
-    if _field(doc, "serial", int) < 1:
+    if _int_field(doc, "serial") < 1:
         raise ReleaseRefused("malformed", "release.json's serial is below 1")
     if not isinstance(doc.get("rollback", False), bool):
         raise ReleaseRefused("malformed", "release.json's 'rollback' is not true or false")
