@@ -9,6 +9,7 @@ On failure: every fault is an OSError on the board with MicroPython's errno numb
 (which are Linux's for the network ones): ETIMEDOUT 110 when a receive, send or connect
 outlives the socket's timeout, EAGAIN 11 on a non-blocking socket with nothing to read,
 ECONNREFUSED 111, ECONNRESET 104, EPIPE 32, ENOTCONN 107, EBADF 9 on a closed socket,
+ECONNABORTED 103 on a connection a test's NetLink.drop() cut,
 ENFILE 23 past MAX_SOCKETS open sockets, and EHOSTUNREACH 113 (with a sentence) for any
 address but 127.0.0.1: the board reaches loopback only, never a network (project rule).
 The board's process ending (power off, kill, unplug) or a soft reset closes its sockets,
@@ -176,19 +177,20 @@ class socket:
         return out
 
     def _read_upto(self, n):
-        # a stream read: up to n bytes (n < 0: to the end), what came before an error, or
-        # None when a non-blocking socket has nothing yet
+        # a stream read (py/stream.c mp_stream_rw): up to n bytes (n < 0: to the end of the
+        # stream); a non-blocking socket gives what it has, or None for nothing; any other
+        # error (a timeout, a reset) raises and the bytes read before it are lost
         chunks = []
         got = 0
         while n < 0 or got < n:
             try:
                 chunk = self.recv(_RX_BYTES if n < 0 else n - got)
             except OSError as e:
+                if e.args[0] != _EAGAIN:
+                    raise
                 if got:
                     break
-                if e.args[0] == _EAGAIN:
-                    return None
-                raise
+                return None
             if not chunk:
                 break
             chunks.append(chunk)
@@ -259,6 +261,11 @@ class NetLink:
     on its command line, then call `started()`.  `close()` (the board unplugged, reset or
     stopped) closes every socket of the board; the Node process ending does the same by
     itself (end of file on the request pipe).
+
+    Faults for tests: `drop()` cuts the board's connections now, as a Wi-Fi drop would
+    (the broker sees them go; the board's next call on one raises OSError(ECONNABORTED),
+    new connections work); `drop_after_received(n)` does it once the board has received
+    n more bytes (a link lost in the middle of a download).
     """
 
     def __init__(self, allowed_host: str = LOOPBACK):
@@ -267,6 +274,8 @@ class NetLink:
         self._rep_r, self._rep_w = os.pipe()  # host -> board: reply lines
         self.child_fds = (self._rep_r, self._req_w)
         self._socks: dict[int, socket.socket | None] = {}
+        self._dropped: set[int] = set()  # ids whose connection a drop() cut
+        self._drop_budget: int | None = None  # bytes the board receives before a drop()
         self._next_id = 1
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -291,6 +300,23 @@ class NetLink:
         (as on a board; at any other moment the REPL gets the Ctrl-C as before)."""
         if self._busy:
             self._interrupt.set()
+
+    def drop(self) -> None:
+        with self._lock:
+            cut = [(sid, s) for sid, s in self._socks.items() if s is not None]
+            for sid, _ in cut:
+                self._socks[sid] = None
+                self._dropped.add(sid)
+            self._drop_budget = None
+        for _, sock in cut:
+            _shut(sock)
+
+    def drop_after_received(self, n_bytes: int) -> None:
+        if n_bytes <= 0:
+            self.drop()
+            return
+        with self._lock:
+            self._drop_budget = int(n_bytes)
 
     def open_sockets(self) -> int:
         with self._lock:
@@ -390,6 +416,8 @@ class NetLink:
         with self._lock:
             if sid not in self._socks:
                 raise OSError(errno.EBADF, "closed")
+            if sid in self._dropped:
+                raise OSError(errno.ECONNABORTED, "dropped")
             sock = self._socks[sid]
         if connected and sock is None:
             raise OSError(errno.ENOTCONN, "not connected")
@@ -453,11 +481,25 @@ class NetLink:
         assert sock is not None
         if not self._wait(sock, timeout_ms, for_write=False):
             raise BlockingIOError if timeout_ms == 0 else TimeoutError
-        return sock.recv(min(max(1, max_bytes), RECV_MAX_BYTES), socket.MSG_DONTWAIT)
+        self._get(sid)  # a drop() while it waited: ECONNABORTED, not the end of the stream
+        limit = min(max(1, max_bytes), RECV_MAX_BYTES)
+        budget = self._drop_budget
+        if budget is not None:
+            limit = min(limit, budget)
+        data = sock.recv(limit, socket.MSG_DONTWAIT)
+        if budget is not None and data:
+            with self._lock:
+                left = self._drop_budget
+                if left is not None:
+                    self._drop_budget = left - len(data)
+            if left is not None and left - len(data) <= 0:
+                self.drop()  # these bytes arrived; the link dies behind them
+        return data
 
     def _close(self, sid: int) -> None:
         with self._lock:
             sock = self._socks.pop(sid, None)
+            self._dropped.discard(sid)
         if sock is not None:
             _shut(sock)
 
@@ -465,6 +507,7 @@ class NetLink:
         with self._lock:
             socks = [s for s in self._socks.values() if s is not None]
             self._socks.clear()
+            self._dropped.clear()
         for sock in socks:
             _shut(sock)
 

@@ -336,3 +336,38 @@ print(json.dumps([n.uplink.sent, n.uplink.connects, len(os.urandom(16)),
     assert out == [1, 1, 16, True]
     wait_until(lambda: got_on_host, 10, "the frame at the host")
     assert got_on_host[0][0] == "dordt/v1/spoorzone/0d0a0b01/up"
+
+
+def test_a_link_dropped_mid_message_raises_and_the_board_reconnects(net_board, repl, mosquitto):
+    """NetLink.drop_after_received(n): the link dies after n more bytes reach the board
+    (a download cut in the middle); NetLink.drop(): it dies now.  The board's next call
+    raises OSError(ECONNABORTED), the broker sees the client go, a new connection works."""
+    repl.run(CONNECT.format(cid="vb-drop", port=mosquitto.port, timeout_s=5)
+             + "c.subscribe(b'vb/big', 1)\n")
+    net_board.net.drop_after_received(1000)
+    publish_qos1(mosquitto.host, mosquitto.port, [("vb/big", bytes(4000))])
+    out = repl.run("""
+res = None
+t0 = time.ticks_ms()
+try:
+    while not got and time.ticks_diff(time.ticks_ms(), t0) < 5000:
+        c.check_msg()
+except OSError as e:
+    res = e.args[0]
+print(json.dumps([res, len(got)]))
+""")
+    assert out == [103, 0]  # ECONNABORTED; no truncated message reached the callback
+    closed_in_log(mosquitto, "vb-drop")
+    out = repl.run(CONNECT.format(cid="vb-drop2", port=mosquitto.port, timeout_s=5)
+                   + "c.publish(b'vb/up', b'after', qos=1)\n")
+    assert out["connect_ms"] < 2000
+    net_board.net.drop()
+    closed_in_log(mosquitto, "vb-drop2")
+    out = repl.run("""
+try:
+    c.publish(b'vb/up', b'x', qos=1)
+    print(json.dumps('sent'))
+except OSError as e:
+    print(json.dumps(e.args[0]))
+""")
+    assert out == 103
