@@ -10,9 +10,9 @@ Out: `offer` messages to the nodes the offers file names (on start, when the fil
      message after their next accepted frame: the "frame accepted" half of the node's
      health check, firmware/ota.py).
 
-The server has its own MQTT session (client id `<client_id>-ota`, clean session, QoS 1):
-the pipeline's ingest session acks frames only after the outbox commit, and OTA traffic
-must neither wait for that nor be queued by the broker for a node that is gone.
+The server uses the gateway's one MQTT session (gateway/ingest/mqtt.py: its `extra`
+subscriptions, acked at once, not after an outbox commit as frames are): a broker that
+takes client ids from certificates (gateway/mosquitto.py) allows a gateway one session.
 
 Nothing a node sends is trusted: `get` answers only files a release's release.json names
 (fleet/release.py's Release.file_path: no path outside the release), at most `chunk_bytes`
@@ -33,11 +33,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
-
 from firmware import protocol
 from fleet.release import ReleaseError, load_release
-from gateway.ingest.mqtt import MqttTls, _set_tls, parse_broker_url
 from gateway.model import Point
 
 log = logging.getLogger("dordt.gateway.ota")
@@ -79,18 +76,21 @@ def version_code(text: str) -> int:
     return major * 10000 + minor * 100 + patch
 
 
+SUBSCRIPTIONS = [(SUB_GET, 1), (SUB_STATE, 1)]  # for MqttIngest's `extra`
+
+
 class OtaServer:
     """See the module docstring.  `zone_of(node)` gives the zone of a node name ("0001001a")
-    from the keyring, or None for a node the gateway does not serve."""
+    from the keyring, or None for a node the gateway does not serve; `publish(topic,
+    payload) -> bool` sends QoS 1 on the gateway's session (False while it is down)."""
 
-    def __init__(self, settings: OtaSettings, broker_url: str, client_id: str,
-                 gateway_id: str, zone_of, tls: MqttTls | None = None, clock=time.time):
+    def __init__(self, settings: OtaSettings, gateway_id: str, zone_of, publish,
+                 clock=time.time):
         self.settings = settings
         self.gateway_id = gateway_id
         self.zone_of = zone_of
+        self.publish = publish
         self.clock = clock
-        self.host, self.port = parse_broker_url(broker_url)
-        self.connected = threading.Event()
         self.counts: Counter = Counter()
         self._lock = threading.Lock()
         self._offers: dict[str, int] = {}  # node -> serial offered
@@ -99,37 +99,14 @@ class OtaServer:
         self._offered_at: dict[str, float] = {}  # node -> when last offered
         self._last_state: dict[str, tuple[int, str]] = {}  # node -> (serial, state)
         self._points: list[Point] = []
-        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                                   client_id=f"{client_id}-ota", clean_session=True)
-        self._client.reconnect_delay_set(1, 30)
-        self._client.on_connect = self._on_connect
-        self._client.on_disconnect = self._on_disconnect
-        self._client.on_message = self._on_message
-        if tls is not None:
-            _set_tls(self._client, tls, broker_url)
+        self._offered_all = False  # every node offered to once since start
         self.reload_offers()
 
-    # -- lifecycle --------------------------------------------------------------------------
-
-    def start(self) -> None:
-        self._client.connect_async(self.host, self.port, keepalive=30)
-        self._client.loop_start()
-
-    def stop(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
-
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        if reason_code.is_failure:
-            log.warning("OTA: broker %s:%d refused the connection: %s", self.host, self.port,
-                        reason_code)
-            return
-        client.subscribe([(SUB_GET, 1), (SUB_STATE, 1)])
-        self.connected.set()
-        self.offer_all()
-
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        self.connected.clear()
+    def tick(self) -> None:
+        """Periodic (the gateway's housekeeping): a changed offers file, or the first
+        chance after start, offers to every node it names."""
+        if self.reload_offers() or not self._offered_all:
+            self.offer_all()
 
     # -- offers -----------------------------------------------------------------------------
 
@@ -183,7 +160,9 @@ class OtaServer:
         """Offer now to every node of the offers file (start, a changed file)."""
         with self._lock:
             nodes = list(self._offers)
-        return sum(self._offer(node, force=True) for node in nodes)
+        sent = [self._offer(node, force=True) for node in nodes]
+        self._offered_all = all(sent)
+        return sum(sent)
 
     def on_frames(self, nodes) -> int:
         """Nodes whose frames were just accepted: offer to those due (rate-limited)."""
@@ -207,11 +186,14 @@ class OtaServer:
             self._offered_at[node] = now
         zone = self.zone_of(node)
         rel = self.release(serial)
-        if zone is None or rel is None or not self.connected.is_set():
-            return False
+        if zone is None or rel is None:
+            return True  # nothing to send, and nothing to retry
         body = {"serial": serial, "version": rel.version, "size": rel.size,
                 "chunk": self.settings.chunk_bytes}
-        self._client.publish(topic(zone, node, "offer"), _compact(body), qos=1)
+        if not self.publish(topic(zone, node, "offer"), _compact(body)):
+            with self._lock:
+                self._offered_at.pop(node, None)
+            return False
         self.counts["offers"] += 1
         return True
 
@@ -227,16 +209,17 @@ class OtaServer:
 
     # -- messages from nodes ----------------------------------------------------------------
 
-    def _on_message(self, client, userdata, message) -> None:
-        parts = message.topic.split("/")
+    def on_message(self, topic_name: str, payload: bytes) -> None:
+        """A message on SUBSCRIPTIONS (called on the MQTT client's thread)."""
+        parts = topic_name.split("/")
         if len(parts) != 6 or parts[4] != "ota":
             return
         zone, node, suffix = parts[2], parts[3], parts[5]  # dordt/v1/<zone>/<node>/ota/<x>
         try:
             if suffix == "get":
-                self.answer_get(zone, node, bytes(message.payload))
+                self.answer_get(zone, node, payload)
             elif suffix == "state":
-                self.record_state(zone, node, bytes(message.payload))
+                self.record_state(zone, node, payload)
         except Exception:  # one bad message must not stop the network thread
             log.exception("OTA: %s from %s not handled", suffix, node)
 
@@ -317,11 +300,10 @@ class OtaServer:
     def stats(self) -> dict:
         with self._lock:
             offers = len(self._offers)
-        return {"offered_nodes": offers, "connected": self.connected.is_set(),
-                **dict(self.counts)}
+        return {"offered_nodes": offers, **dict(self.counts)}
 
     def _publish(self, zone: str, node: str, suffix: str, body: bytes) -> None:
-        self._client.publish(topic(zone, node, suffix), body, qos=1)
+        self.publish(topic(zone, node, suffix), body)
 
 
 def parse_offers(data: bytes) -> dict[str, int]:

@@ -29,6 +29,7 @@ from gateway.forward.forwarder import Forwarder, Provenance
 from gateway.health import Health, sd_notify, watchdog_interval_s
 from gateway.ingest.mqtt import MqttIngest, MqttTls
 from gateway.model import Envelope, Reading, Rejected
+from gateway.ota import SUBSCRIPTIONS as OTA_SUBSCRIPTIONS
 from gateway.ota import OtaServer, OtaSettings
 from gateway.provenance import AuditLog, GatewayIdentity
 from gateway.verify import Verifier
@@ -96,7 +97,9 @@ class Gateway:
         # SimpleQueue: put and get in C, no Condition per item (MQTT's network thread and
         # the processing thread each touch every frame once)
         self.queue: queue.SimpleQueue[Envelope] = queue.SimpleQueue()
-        self.ingest = (MqttIngest(broker_url, self.queue, client_id, tls=broker_tls)
+        self.ingest = (MqttIngest(broker_url, self.queue, client_id, tls=broker_tls,
+                                  extra=OTA_SUBSCRIPTIONS if ota is not None else (),
+                                  on_extra=self._ota_message)
                        if broker_url else None)
         # links without acks (serial, BLE): started and stopped beside MQTT
         self.links: list = []
@@ -121,9 +124,8 @@ class Gateway:
         self._thread: threading.Thread | None = None
         self._loop_tick = time.monotonic()
         self.ota = None
-        if ota is not None and broker_url:
-            self.ota = OtaServer(ota, broker_url, client_id, self.gateway_id,
-                                 self._zone_of, tls=broker_tls)
+        if ota is not None and self.ingest is not None:
+            self.ota = OtaServer(ota, self.gateway_id, self._zone_of, self.ingest.send)
         self.health = Health(self)
         self.health_port = health_port  # None: no HTTP endpoint; 0: any free port
         self.heartbeat_s = heartbeat_s
@@ -237,6 +239,10 @@ class Gateway:
                 ota.on_frames(nodes)
         return results
 
+    def _ota_message(self, topic: str, payload: bytes) -> None:
+        if self.ota is not None:
+            self.ota.on_message(topic, payload)
+
     def _zone_of(self, node: str) -> str | None:
         """The keyring's zone of a node name (gateway/ota.py), or None."""
         try:
@@ -279,7 +285,7 @@ class Gateway:
             self.alerts["buffer_evicting"] = time.time()
             self.forwarder.wake()
         if self.ota is not None:
-            self.ota.reload_offers() and self.ota.offer_all()
+            self.ota.tick()
             for point in self.ota.take_points():
                 self.outbox.add_point(point)
             self.forwarder.wake()
@@ -328,8 +334,6 @@ class Gateway:
         self.forwarder.start()
         if self.ingest is not None:
             self.ingest.start()
-        if self.ota is not None:
-            self.ota.start()
         for link in self.links:
             link.start()
         if self.health_port is not None:
@@ -342,8 +346,6 @@ class Gateway:
         sd_notify("STOPPING=1")
         if self.ingest is not None:
             self.ingest.stop()
-        if self.ota is not None:
-            self.ota.stop()
         for link in self.links:
             link.stop()
         self.health.close()
