@@ -139,3 +139,25 @@ print(json.dumps(out))
     assert out["good"] == [True] * len(good)
     assert out["bad"] == [False] * len(bad)
     assert out["sha512"] == [True] * len(hashes)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.integers(0, 2**256 - 1), st.binary(max_size=400),
+                          st.integers(0, 64 * 8 - 1)), min_size=1, max_size=4))
+def test_cryptography_signatures_under_micropython(micropython, cases):
+    """Hypothesis' keys and messages, signed by cryptography, each checked under MicroPython
+    as made and with one bit of its signature flipped (a batch per interpreter run)."""
+    rows = []
+    for seed, message, flip in cases:
+        public, signature = _signed(seed, message)
+        bad = bytearray(signature)
+        bad[flip // 8] ^= 1 << (flip % 8)
+        rows.append((public.hex(), message.hex(), signature.hex(), bytes(bad).hex()))
+    code = f"""
+import json
+from binascii import unhexlify as u
+from firmware import ed25519
+print(json.dumps([[ed25519.verify(u(a), u(m), u(s)), ed25519.verify(u(a), u(m), u(b))]
+                  for a, m, s, b in {rows!r}]))
+"""
+    assert micropython.run_json(code, timeout_s=120) == [[True, False]] * len(rows)
