@@ -15,6 +15,10 @@
   Ed25519, hashlib), median of RUNS; verify_ratio = micropython / host.  Also
   verify_s_cpython_pure: the node's own modules (pure Ed25519) under CPython, which shows
   how much is the interpreter and how much the algorithm.
+- verify_heap_held_bytes: heap under MicroPython held by the verifier's modules and the
+  checked release.json (bytes and document) while an update downloads;
+  verify_heap_signature_bytes: Ed25519 and SHA-512's modules on top, during the signature
+  check only (both dropped after it).
 - ota_s (to come from the OTA transport's measurement): a whole update of a virtual board.
 
 Each measurement is one function returning its keys (MEASUREMENTS below); main() runs them
@@ -35,6 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.firmware_memory import Interpreter  # noqa: E402
 from firmware import ota_verify  # noqa: E402
 from fleet.release import (  # noqa: E402
     build_release,
@@ -42,7 +47,6 @@ from fleet.release import (  # noqa: E402
     load_public_key,
     verify_release,
 )
-from tests.fixtures.micropython import MicroPython  # noqa: E402
 
 RUNS = 5
 SLOT = "b"
@@ -66,6 +70,27 @@ print(json.dumps({{"signature_us": time.ticks_diff(t1, t0),
                   "hashes_us": time.ticks_diff(t2, t1),
                   "manifest": sha}}))
 """
+
+
+# Heap the verification holds under MicroPython (gc.mem_alloc after a full collection, above
+# the same figure before): the verifier's modules (with firmware.slots and firmware.hal)
+# and release.json's bytes and parsed document, held while the files download; and Ed25519
+# + SHA-512, which check_release loads on top for the signature only.  Their sum bounds
+# what an update adds to a node's heap, apart from the short-lived ints of one check.
+# Each step is its own request in one interpreter (bench/firmware_memory.py's Interpreter):
+# this port's collector frees what a request allocated only once that request returned.
+_HEAP_STEPS = (
+    "import gc, json\nfrom firmware import use_module, drop_module\nH = []\n",
+    "gc.collect()\nH.append(gc.mem_alloc())\n",
+    "def _read(p):\n    with open(p, 'rb') as f:\n        return f.read()\n"
+    "v = use_module('firmware.ota_verify')\n"
+    "doc = v.check_release(_read('/ota/release.json'), _read('/ota/release.sig'), "
+    "v.read_release_pub('/'), NODE)\n",
+    "gc.collect()\nH.append(gc.mem_alloc())\n",
+    "ed = use_module('firmware.ed25519')\nsha = use_module('firmware.sha512')\n",
+    "gc.collect()\nH.append(gc.mem_alloc())\n",
+    "print(json.dumps({'held': H[1] - H[0], 'signature': H[2] - H[1]}))\n",
+)
 
 
 def _median(values):
@@ -93,11 +118,14 @@ def measure_verify(work: Path) -> dict:
     node = shutil.which("node")
     if node is None:
         sys.exit("bench/ota.py: MicroPython needs Node: run `make setup-test`")
-    mp = MicroPython(node)
+    mp = Interpreter(node)
     try:
         code = f"NODE = {NODE!r}\n" + _VERIFY_ON_NODE
         runs = [mp.run_json(code, files=node_files, firmware=False, timeout_s=120)
                 for _ in range(RUNS)]
+        mp.run(f"NODE = {NODE!r}\n" + _HEAP_STEPS[0], files=node_files, firmware=False)
+        out = [mp.more(step) for step in _HEAP_STEPS[1:]]
+        heap = json.loads(out[-1])
     finally:
         mp.close()
     assert all(r["manifest"] == release.manifest_sha256 for r in runs)
@@ -125,6 +153,8 @@ def measure_verify(work: Path) -> dict:
         "verify_s_host": round(_median(host), 5),
         "verify_s_cpython_pure": round(_median(pure), 5),
         "verify_ratio": round(verify_s / _median(host), 1),
+        "verify_heap_held_bytes": heap["held"],
+        "verify_heap_signature_bytes": heap["signature"],
         "release_bytes": release.size,
         "release_files": len(release.files),
         "release_json_bytes": len(release.json_bytes),

@@ -248,6 +248,16 @@ def test_document_checks_under_cpython(changes, reason):
         assert refused.value.reason == reason
 
 
+def test_an_oversized_release_json_is_refused_before_it_is_hashed():
+    key = Ed25519PrivateKey.generate()
+    pub = releases.parse_public_key(releases.public_key_text(key.public_key()), "test")
+    doc = _base_doc(padding="x" * ota_verify.MAX_RELEASE_JSON)
+    data, sig = _signed_doc(key, doc)  # signed, so only the size can refuse it
+    with pytest.raises(ota_verify.ReleaseRefused) as refused:
+        ota_verify.check_release(data, sig, pub, dict(NODE, serial=0))
+    assert refused.value.reason == "too_large"
+
+
 def test_unsigned_json_is_refused_before_it_is_read():
     key = Ed25519PrivateKey.generate()
     pub = releases.parse_public_key(releases.public_key_text(key.public_key()), "test")
