@@ -841,8 +841,10 @@ class VirtualBoard:
     wifi: True makes network.WLAN join (isconnected() a second after connect()), so a node
     firmware goes on to MQTT; sockets work either way.
 
-    `net` (while plugged) is the host end of its network (vboard_net.NetLink): its
-    `connects` lists the addresses the board tried, `open_sockets()` counts its sockets.
+    `net` is the host end of its network (vboard_net.NetLink), a new one at every power-on
+    (start, plug, reset): its `connects` lists the addresses the board tried,
+    `open_sockets()` counts its sockets, `drop()` / `drop_after_received(n)` cut its
+    connections (a Wi-Fi drop, now or after n more bytes in).
     """
 
     def __init__(self, flash_dir, profile=DEFAULT_PROFILE, link=None, flash_bytes=None,
@@ -1220,6 +1222,8 @@ def command_virtual_board(args) -> int:
         usb = f"{board.usb_vid:04x}:{board.usb_pid:04x}"
         print(f"virtual board {args.board} (USB {usb}) on {port}")
         print(f"  flash: {board.flash_dir}")
+        if board.wifi:
+            print("  wifi:  joins; its sockets reach 127.0.0.1 only")
         print(f"  try:   mpremote connect {port} ls")
         print(f"         dordt provision run --port {port}")
         print("  Ctrl-C stops the board.", flush=True)
