@@ -221,3 +221,19 @@ def test_verify_refuses_a_signed_manifest_that_names_other_files(built, key, cap
     (release.root / "release.sig").write_text(sig + "\n")
     code, err = _verify(release, public, capsys)
     assert code == 1 and "wrong_manifest" in err
+
+
+def test_build_makes_no_release_json_a_node_would_refuse_as_too_large(tmp_path, key,
+                                                                       monkeypatch, capsys):
+    # The limit lowered below today's ~4 KB release.json: the same path a firmware tree of
+    # some 250 modules would take with the real 32 KB limit.
+    from firmware import ota_verify
+
+    monkeypatch.setattr(ota_verify, "MAX_RELEASE_JSON", 1000)
+    private, _ = key
+    assert main(["fleet", "release", "build", "--key", str(private), "--serial", "1",
+                 "--kinds", "air", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "would not be valid" in err and "more than the 1000" in err
+    assert not (tmp_path / "r").exists()
+    assert not (private.parent / releases.SERIAL_NAME).exists()  # no serial used up
