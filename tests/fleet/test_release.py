@@ -237,3 +237,33 @@ def test_build_makes_no_release_json_a_node_would_refuse_as_too_large(tmp_path, 
     assert "would not be valid" in err and "more than the 1000" in err
     assert not (tmp_path / "r").exists()
     assert not (private.parent / releases.SERIAL_NAME).exists()  # no serial used up
+
+
+def test_no_release_key_material_in_any_output_or_release_file(tmp_path, capsys):
+    """Every release command, succeeding and failing: neither what it prints nor any file of
+    the release directory holds the private key in any form."""
+    assert main(["fleet", "release", "key", "init", "--dir", str(tmp_path / "k")]) == 0
+    private, public = tmp_path / "k" / "release.key", tmp_path / "k" / "release.pub"
+    build = ["fleet", "release", "build", "--key", str(private), "--kinds", "air"]
+    runs = [
+        [*build, "--serial", "1", "--out", str(tmp_path / "r")],
+        [*build, "--serial", "1", "--out", str(tmp_path / "r2")],  # serial used
+        [*build, "--serial", "2", "--out", str(tmp_path / "r"), "--json"],  # out not empty
+        ["fleet", "release", "build", "--key", str(public), "--serial", "3", "--kinds", "air",
+         "--out", str(tmp_path / "r3")],  # the public half given as the key
+        ["fleet", "release", "verify", str(tmp_path / "r"), "--pub", str(public), "--json"],
+        ["fleet", "release", "verify", str(tmp_path / "r"), "--pub", str(private)],
+        ["fleet", "release", "key", "init", "--dir", str(tmp_path / "k")],
+    ]
+    printed = ""
+    for argv in runs:
+        main(argv)
+        out, err = capsys.readouterr()
+        printed += out + err
+    written = b"".join(p.read_bytes() for p in (tmp_path / "r").rglob("*") if p.is_file())
+    for secret in _key_material(private):
+        assert secret not in printed
+        assert secret.encode() not in written
+    raw = bytes.fromhex(_key_material(private)[0])
+    assert raw not in written
+    assert "not a release public key" in printed  # verify given release.key: refused, quietly
