@@ -21,7 +21,7 @@ from mpremote.transport_serial import SerialTransport
 
 from dordt.errors import UserError
 from provisioning import vboard_net
-from provisioning.virtual_board import RECORDS_ENV, VirtualBoard
+from provisioning.virtual_board import RECORDS_ENV, VirtualBoard, running_boards
 from tests.fixtures.services import publish_qos1
 from tests.helpers import wait_until
 
@@ -180,7 +180,7 @@ print(json.dumps(res))
     for key, timeout_ms in (("0.3", 300), ("1.0", 1000)):
         code, elapsed_ms = out[key]
         assert code == 110  # ETIMEDOUT, MicroPython's number
-        assert timeout_ms - 20 <= elapsed_ms <= timeout_ms + 700, out
+        assert timeout_ms - 20 <= elapsed_ms <= timeout_ms + 1500, out  # slack: 2 busy cores
     assert out["nonblocking"] == 11 and out["read"] == "None"  # EAGAIN; a stream read: None
     assert out["closed"] == 9  # EBADF
 
@@ -203,7 +203,7 @@ print(json.dumps(res))
     # the first publish reads the end of the stream (umqtt: OSError(-1)) or a reset (104);
     # the next writes meet the reset connection (104) or a broken pipe (32)
     assert all(code in (-1, 104, 32) for code, _ in out), out
-    assert all(ms < 2500 for _, ms in out), out
+    assert all(ms < 4000 for _, ms in out), out  # within the 2 s socket timeout, plus slack
     out = repl.run(f"""
 import socket
 s = socket.socket()
@@ -255,7 +255,7 @@ def test_the_boards_connections_close_when_it_loses_power_or_resets(net_board, m
         assert net_board.net.open_sockets() == 1
         assert f"Client vb-{how} closed" not in mosquitto.log_text()
         if how == "kill":
-            os.kill(net_board._proc.pid, signal.SIGKILL)  # a power cut from outside
+            os.kill(running_boards()[0]["node_pid"], signal.SIGKILL)  # power cut from outside
             wait_until(lambda: not net_board.plugged, 10, "the board to be unplugged")
         elif how == "unplug":
             net_board.unplug()
