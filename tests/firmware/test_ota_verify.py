@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from firmware import ota_verify
 from fleet import release as releases
-from tests.helpers import firmware_with_version
+from tests.fixtures.ota import firmware_tree
 
 RUNNING = (0, 1, 0)  # the node's firmware in these tests (firmware/node.py's today)
 NODE = {"kind": "air", "board": "pico-w", "version": RUNNING, "serial": 4}
@@ -27,7 +27,7 @@ def fleet(tmp_path_factory):
     root = tmp_path_factory.mktemp("releases")
     key_path, pub_path = releases.init_release_key(root / "key")
     _, wrong_pub = releases.init_release_key(root / "wrong-key")
-    src = {v: firmware_with_version(root / ("src-" + ".".join(map(str, v))), v)
+    src = {v: firmware_tree(root / ("src-" + ".".join(map(str, v))), v)
            for v in ((0, 2, 0), (0, 0, 9), (0, 3, 0))}
     built = {}
     for name, serial, version, extra in (("replayed", 4, (0, 3, 0), {}),

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from dordt.cli import main
 from fleet import release as releases
 from provisioning.build import build_firmware
-from tests.helpers import firmware_with_version
+from tests.fixtures.ota import firmware_tree
 
 
 @pytest.fixture
@@ -49,7 +49,7 @@ def test_key_init_makes_a_private_key_0600_and_a_public_hex_line(tmp_path, capsy
 
 def test_build_writes_the_release_directory_of_the_contract(tmp_path, key, capsys):
     private, public = key
-    source = firmware_with_version(tmp_path / "src", (0, 4, 2))
+    source = firmware_tree(tmp_path / "src", (0, 4, 2))
     code = main(["fleet", "release", "build", "--key", str(private), "--serial", "3",
                  "--kinds", "air", "noise", "--hardware", "pico-w", "--min-firmware",
                  "0.1.0", "--source", str(source), "--out", str(tmp_path / "r3"), "--json"])
