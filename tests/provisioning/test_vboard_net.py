@@ -2,15 +2,19 @@
 real Mosquitto: the unmodified firmware/board.py UmqttClient (micropython-lib's
 umqtt.simple over the ROM's `socket`) connects, publishes at QoS 1 and gets the PUBACK,
 subscribes and receives; a receive past its timeout raises ETIMEDOUT within its time; a
-broker that goes away gives an OSError, not a hang; a refused port is ECONNREFUSED; any
-address but 127.0.0.1 is refused before any traffic; killing, unplugging or soft
-resetting the board closes its TCP connections (the broker logs them closed).  Every
-read from the board has a timeout."""
+broker that goes away gives an OSError, not a hang; a refused port is ECONNREFUSED, a
+peer's reset ECONNRESET; any address but 127.0.0.1 is refused before any traffic;
+killing, unplugging or soft resetting the board closes its TCP connections (the broker
+logs them closed); Ctrl-C ends a socket call that waits; a link dropped mid-message
+raises ECONNABORTED and the board reconnects; the unmodified node firmware publishes its
+first frame.  Every read from the board has a timeout."""
 
 import json
 import os
 import shutil
 import signal
+import socket
+import struct
 import threading
 import time
 from pathlib import Path
@@ -214,6 +218,38 @@ except OSError as e:
     print(json.dumps(e.args[0]))
 """)
     assert out == 111  # ECONNREFUSED: nothing listens there any more
+
+
+def test_a_reset_connection_is_econnreset(net_board, repl):
+    """A peer that aborts (RST: SO_LINGER 0) gives ECONNRESET (104), MicroPython's number."""
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def abort_first_client():
+        conn, _ = server.accept()
+        conn.settimeout(10)
+        conn.recv(1)  # the board is connected and waiting: now abort
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()
+
+    thread = threading.Thread(target=abort_first_client, daemon=True)
+    thread.start()
+    try:
+        out = repl.run(f"""
+import json, socket, time
+s = socket.socket()
+s.settimeout(5)
+s.connect(('127.0.0.1', {port}))
+s.send(b'x')
+try:
+    print(json.dumps(['read', repr(s.recv(1))]))
+except OSError as e:
+    print(json.dumps(e.args[0]))
+""")
+    finally:
+        thread.join(5)
+        server.close()
+    assert out == 104
 
 
 def test_only_127_0_0_1_is_reachable(net_board, repl):
