@@ -471,6 +471,7 @@ class OtaClient:
         if clock.ticks_diff(now_ms, self._trial_start) >= TRIAL_TIMEOUT_MS:
             print("ota: trial not healthy after %d s (sensors %s, frame accepted %s); "
                   "resetting" % (TRIAL_TIMEOUT_MS // 1000, sensors, accepted))
+            slots.fail_trial(self.root)  # counts this attempt whatever kind of reset follows
             self._reset()
         return 1000
 

@@ -39,7 +39,7 @@ log = logging.getLogger("dordt.gateway")
 TIME_DOWNLINK_EVERY_S = 60.0
 # A node on trial after an update (gateway/ota.py) confirms once a time message tells it
 # that a frame of this boot was accepted (firmware/ota.py): sooner than the minute above.
-TIME_DOWNLINK_TRIAL_EVERY_S = 5.0
+TIME_DOWNLINK_TRIAL_EVERY_S = 2.0
 
 
 @dataclass

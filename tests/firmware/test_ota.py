@@ -156,6 +156,10 @@ def boot(w, max_ms=30_000, until=None):
         n = node_mod.run(hw, max_ms=max_ms, sampler_factory=FakeCrowd, until=until)
     except Reset:
         return slot, "reset"
+    finally:  # a reset or power cut ends the board's connection with it
+        for client in w.chunks.clients:
+            client.disconnect()
+        w.chunks.clients.clear()
     return slot, n
 
 
