@@ -452,9 +452,12 @@ class NetLink:
         while True:
             left = STOP_POLL_S if deadline is None else max(0.0, deadline - time.monotonic())
             watch = [self._req_r]  # readable only at end of file: the board is gone
-            readable, writable, _ = select.select(
-                watch if for_write else [sock, *watch], [sock] if for_write else [], [],
-                min(left, STOP_POLL_S))
+            try:
+                readable, writable, _ = select.select(
+                    watch if for_write else [sock, *watch], [sock] if for_write else [], [],
+                    min(left, STOP_POLL_S))
+            except (OSError, ValueError):  # closed under us by a drop() from another thread
+                raise OSError(errno.ECONNABORTED, "dropped") from None
             if (sock in writable) or (sock in readable):
                 return True
             if self._req_r in readable or self._stop.is_set():
@@ -465,6 +468,20 @@ class NetLink:
                 return False
 
     def _send(self, sid: int, data: bytes, timeout_ms: int) -> int:
+        try:
+            return self._send_on(sid, data, timeout_ms)
+        except OSError:
+            self._get(sid)  # cut by a drop() meanwhile: ECONNABORTED, whatever the socket said
+            raise
+
+    def _recv(self, sid: int, max_bytes: int, timeout_ms: int) -> bytes:
+        try:
+            return self._recv_on(sid, max_bytes, timeout_ms)
+        except OSError:
+            self._get(sid)
+            raise
+
+    def _send_on(self, sid: int, data: bytes, timeout_ms: int) -> int:
         sock = self._get(sid)
         assert sock is not None
         sent = 0
@@ -476,7 +493,7 @@ class NetLink:
             sent += sock.send(data[sent:], socket.MSG_DONTWAIT)
         return sent
 
-    def _recv(self, sid: int, max_bytes: int, timeout_ms: int) -> bytes:
+    def _recv_on(self, sid: int, max_bytes: int, timeout_ms: int) -> bytes:
         sock = self._get(sid)
         assert sock is not None
         if not self._wait(sock, timeout_ms, for_write=False):

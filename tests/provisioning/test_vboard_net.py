@@ -407,3 +407,19 @@ except OSError as e:
     print(json.dumps(e.args[0]))
 """)
     assert out == 103
+    # a drop while the board waits in a receive ends the wait at once
+    repl.run(CONNECT.format(cid="vb-drop3", port=mosquitto.port, timeout_s=5))
+    repl.t.exec_raw_no_follow("""
+t0 = time.ticks_ms()
+try:
+    c._c.sock.recv(1)
+    print(json.dumps('data'))
+except OSError as e:
+    print(json.dumps([e.args[0], time.ticks_diff(time.ticks_ms(), t0)]))
+""")
+    time.sleep(0.5)
+    net_board.net.drop()
+    out, err = repl.t.follow(10)
+    assert not err, err.decode()
+    code, waited_ms = json.loads(out.decode().splitlines()[-1])
+    assert code == 103 and waited_ms < 4000  # not the 5 s timeout
