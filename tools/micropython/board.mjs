@@ -36,11 +36,12 @@
 //      only; its reply bounds every wait by the socket's timeout, so a recv that times out
 //      raises OSError(ETIMEDOUT) on the board instead of hanging it (and Ctrl-C from the
 //      host, seen by virtual_board.py, ends a waiting call in KeyboardInterrupt: this
-//      process cannot read stdin while Python runs).  Pending output is
-//      flushed before each call, so the host sees what the board printed before it
-//      blocked.  Every new interpreter (soft reset) closes the previous one's sockets, as
-//      a board's soft reset does; the process ending (power off, kill) closes them all on
-//      the host side.  Without --net-fds every socket call fails with ENETUNREACH.
+//      process cannot read stdin while Python runs).  Pending output is flushed before
+//      each call, so the host sees what the board printed before it blocked.  Every new
+//      interpreter (soft reset) closes the previous one's sockets, as a board's soft reset
+//      does; the process ending (power off, kill) closes them all on the host side.
+//      Without --net-fds every socket call fails with ENETUNREACH.  os.urandom (absent
+//      from this port) comes from Node's crypto.randomBytes.
 // On failure: a JS error inside the interpreter prints a line to stderr and the board
 //      reboots (as a crashed board would); stdin closing is the power going off: exit 0.
 //
