@@ -117,7 +117,7 @@ def _verify_signature(release_json, sig_hex, release_pub):
 def _parse(release_json):
     try:
         doc = json.loads(bytes(release_json).decode())
-    except (ValueError, UnicodeError):
+    except (ValueError, UnicodeError, RuntimeError):  # RuntimeError: nested too deep
         raise ReleaseRefused("malformed", "release.json is not JSON") from None
     if not isinstance(doc, dict):
         raise ReleaseRefused("malformed", "release.json is not a JSON object")

@@ -201,6 +201,14 @@ def test_verify_refuses_a_wrong_key_and_a_non_release(built, tmp_path, capsys):
     assert "not a release public key" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("content", [b"[" * 20000, b"\xff\xfe", b"", b"{\"format\": 1}"])
+def test_load_release_refuses_a_release_json_that_is_no_release(built, content):
+    release, _ = built
+    (release.root / "release.json").write_bytes(content)
+    with pytest.raises(releases.ReleaseError, match="release.json: "):
+        releases.load_release(release.root)
+
+
 def test_verify_refuses_a_signed_manifest_that_names_other_files(built, key, capsys):
     """A release whose slot MANIFEST.json names a file release.json does not sign: the
     node's boot check would then accept bytes nobody signed.  Signed with the right key, so
