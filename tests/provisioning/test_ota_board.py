@@ -13,12 +13,10 @@ file still open is not (tools/micropython/board.mjs), as on littlefs.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 
 import pytest
-from mpremote.transport_serial import SerialTransport
 
 from dordt.errors import UserError
 from firmware import protocol, slots
@@ -28,7 +26,16 @@ from gateway.ota import OtaSettings
 from gateway.pipeline import Gateway
 from provisioning import vboard_net
 from provisioning.virtual_board import RECORDS_ENV, VirtualBoard
-from tests.fixtures.ota import PROFILE, ReleaseShop, install_slot, ota_state
+from tests.fixtures.ota import (
+    DOWNLOADING,
+    OTA_DONE,
+    STAGED,
+    ReleaseShop,
+    board_flash,
+    board_run,
+    board_where,
+    ota_state,
+)
 from tests.helpers import wait_until
 
 NODE = 0x0D0A0C01
@@ -38,61 +45,6 @@ ZONE = "spoorzone"
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.services, pytest.mark.micropython]
 
-# One power-on's run of the node, from the raw REPL.  `until` is a MicroPython expression
-# of the Node `n`; the node's own reset ends the run as "reset".
-RUN = """
-import json, sys
-from firmware import board, node, ota, slots
-class _Reset(BaseException):
-    pass
-def _reset():
-    raise _Reset()
-ota.TRIAL_TIMEOUT_MS = {trial_ms}
-ota.GET_TIMEOUT_MS = 3000
-hw = board.build(wdt_timeout_ms=None)
-hw.reset = _reset
-res = 'stopped'
-n = None
-try:
-    n = node.run(hw, max_ms={max_ms}, until=lambda n: {until})
-except _Reset:
-    res = 'reset'
-print(json.dumps({{'result': res, 'path': sys.path[0], 'pointer': slots.read_pointer(),
-                  'version': node.FIRMWARE_VERSION,
-                  'link_errors': n.uplink.link_errors if n is not None else None}}))
-"""
-WHERE = """
-import json, sys
-from firmware import node, slots
-print(json.dumps({'path': sys.path[0], 'pointer': slots.read_pointer(),
-                  'version': node.FIRMWARE_VERSION}))
-"""
-DOWNLOADING = ("n.ota is not None and n.ota.job is not None and n.ota.job['phase'] == 'files'"
-               " and n.ota.job['file'] >= 3")
-STAGED = "n.ota is not None and n.ota.job is not None and n.ota.job['phase'] == 'staged'"
-OTA_DONE = "n.ota is None and n.uptime_ms > 500"
-
-
-class Repl:
-    """mpremote's raw REPL on the board's port (no soft reset: boot.py's sys.path stays)."""
-
-    def __init__(self, board):
-        self.t = SerialTransport(str(board.port), baudrate=115200)
-        self.t.enter_raw_repl(soft_reset=False)
-
-    def run(self, code, timeout_s=240):
-        out, err = self.t.exec_raw(code, timeout=timeout_s)
-        assert not err, err.decode()
-        return json.loads(out.decode().splitlines()[-1])
-
-    def close(self):
-        for step in (self.t.exit_raw_repl, self.t.close):
-            try:
-                step()
-            except Exception:  # noqa: BLE001  # the board may be gone on purpose
-                pass
-
-
 @pytest.fixture
 def ota_board(tmp_path, monkeypatch, mosquitto):
     """A gateway serving releases, and a virtual board with slot a installed, enrolled
@@ -101,19 +53,7 @@ def ota_board(tmp_path, monkeypatch, mosquitto):
     monkeypatch.setenv(RECORDS_ENV, str(tmp_path / "records"))
     shop = ReleaseShop(tmp_path / "shop")
     flash = tmp_path / "board-flash"
-    flash.mkdir()
-    install_slot(flash, "a")
-    slots.install_stubs(str(flash))
-    (flash / "release.pub").write_bytes(shop.pub_hex)
-    (flash / "node.key").write_text(KEY.hex())
-    (flash / "config.json").write_text(json.dumps({
-        "version": 1, "node_id": NAME, "kind": "air", "zone": ZONE, "site": "spz-01",
-        "broker": {"host": "127.0.0.1", "port": mosquitto.port},
-        "wifi": {"ssid": "practice", "password": "practice-only"},
-        "intervals": {"retry_min_s": 1, "retry_max_s": 4},
-        "sampler": {"interval_s": 4, "warmup_s": 0, "samples": 1},
-        "board": {"pins": {"i2c_sda": 8, "i2c_scl": 9, "uart_tx": 17, "uart_rx": 18},
-                  "profile": PROFILE}}))
+    board_flash(flash, shop.pub_hex, NAME, KEY, ZONE, mosquitto.port)
     keyring = Keyring([NodeEntry(NODE, "air", ZONE, "spz-01", {0: KEY})])
     gw = Gateway(keyring, LocalStore(tmp_path / "store.sqlite"), tmp_path / "gw",
                  f"mqtt://{mosquitto.host}:{mosquitto.port}", client_id="ota-board-gw",
@@ -137,21 +77,11 @@ def ota_board(tmp_path, monkeypatch, mosquitto):
 
 
 def run_node(w, until, max_ms=200_000, trial_ms=600_000):
-    repl = Repl(w.board)
-    try:
-        return repl.run(RUN.format(until=until, max_ms=max_ms, trial_ms=trial_ms),
-                        timeout_s=max_ms / 1000 + 60)
-    finally:
-        repl.close()
+    return board_run(w.board, until, max_ms, trial_ms)
 
 
 def where(w):
-    """Which slot the board booted (boot.py put it on sys.path) and its firmware version."""
-    repl = Repl(w.board)
-    try:
-        return repl.run(WHERE)
-    finally:
-        repl.close()
+    return board_where(w.board)
 
 
 def power_cut(w):
