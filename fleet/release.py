@@ -287,10 +287,11 @@ def _last_serial(key_path: Path) -> int:
 def build_release(key_path: Path, serial: int, kinds: list[str], out: Path,
                   hardware: list[str] | None = None, min_firmware: str = "0.0.0",
                   rollback: bool = False, source: Path | None = None, arch: str | None = None,
-                  clock=time.time) -> Release:
+                  clock=time.time, cache_dir: Path | None = None) -> Release:
     """Compile `source` (default: this checkout's firmware/) and write a signed release
     directory at `out` (which must not exist, or be empty).  The version is the source's
-    FIRMWARE_VERSION.  `hardware` defaults to every board profile."""
+    FIRMWARE_VERSION.  `hardware` defaults to every board profile; `cache_dir` is
+    provisioning/build.py's compile cache (default: the user's)."""
     from hardware.profiles import ProfileError, load_boards
     from provisioning.build import FIRMWARE_DIR, BuildError, build_firmware
 
@@ -314,7 +315,7 @@ def build_release(key_path: Path, serial: int, kinds: list[str], out: Path,
                            f"below the last they installed: use {last + 1} or more")
     source = Path(source) if source is not None else FIRMWARE_DIR
     try:
-        build = build_firmware(arch=arch, source=source)
+        build = build_firmware(arch=arch, source=source, cache_dir=cache_dir)
     except BuildError as exc:
         raise ReleaseError(str(exc)) from None
     manifest = build.manifest_bytes()

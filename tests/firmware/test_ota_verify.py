@@ -35,7 +35,8 @@ def fleet(tmp_path_factory):
                                          ("older", 6, (0, 0, 9), {}),
                                          ("rollback", 7, (0, 0, 9), {"rollback": True})):
         built[name] = releases.build_release(key_path, serial, ["air", "noise"],
-                                             root / name, source=src[version], **extra)
+                                             root / name, source=src[version],
+                                             cache_dir=root / "cache", **extra)
     return {"key": key_path, "pub": pub_path, "wrong_pub": wrong_pub, **built}
 
 

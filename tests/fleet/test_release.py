@@ -17,6 +17,17 @@ from provisioning.build import build_firmware
 from tests.fixtures.ota import firmware_tree
 
 
+@pytest.fixture(scope="module")
+def build_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("build-cache")
+
+
+@pytest.fixture(autouse=True)
+def _private_build_cache(build_cache, monkeypatch):
+    """Compiled modules cached for this module's tests only, not in the user's cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(build_cache))
+
+
 @pytest.fixture
 def key(tmp_path):
     return releases.init_release_key(tmp_path / "key")
@@ -77,7 +88,7 @@ def test_build_writes_the_release_directory_of_the_contract(tmp_path, key, capsy
     Ed25519PublicKey.from_public_bytes(pub).verify(bytes.fromhex(sig), data)
 
     # files/: the slot manifest and every compiled module, as provisioning's build makes them
-    build = build_firmware(source=source)
+    build = build_firmware(source=source, cache_dir=tmp_path / "cache")
     assert doc["files"][0]["path"] == "MANIFEST.json"
     assert (root / "files" / "MANIFEST.json").read_bytes() == build.manifest_bytes()
     assert [f["path"] for f in doc["files"][1:]] == [f.path for f in build.files]
