@@ -19,7 +19,17 @@
   checked release.json (bytes and document) while an update downloads;
   verify_heap_signature_bytes: Ed25519 and SHA-512's modules on top, during the signature
   check only (both dropped after it).
-- ota_s (to come from the OTA transport's measurement): a whole update of a virtual board.
+- ota_s: a whole update of a virtual board over MQTT (measure_ota): the board (real
+  MicroPython behind a pty, provisioning/virtual_board.py) runs slot a and is offered a
+  release in which every module differs, by a real gateway (gateway/ota.py) through a real
+  Mosquitto; from node.run's start to the confirmed trial: the offer, release.json's
+  signature, every file pulled in 1 KB chunks into slot b and checked, the switch, the
+  reset (boot.py checks slot b's every file again), the health check (an air window of
+  4 s and the gateway's time message), the confirm.  Split into ota_pull_s (to the switch)
+  and ota_confirm_s (reset to confirmed); ota_bytes_per_s = bytes pulled / ota_pull_s.
+- Baseline in the same run: install_s, the same build installed on a fresh virtual board
+  by `dordt provision install` (provisioning/install.py) over the pty; ota_pull_ratio =
+  ota_pull_s / install_s (over the air against the cable, for the same bytes).
 
 Each measurement is one function returning its keys (MEASUREMENTS below); main() runs them
 in order and prints a table and then the JSON line.  Bounded: a few seconds each.
@@ -161,8 +171,81 @@ def measure_verify(work: Path) -> dict:
     }
 
 
+def _every_module_changed(tree: Path) -> None:
+    """Each module of the release differs from slot a's (a whole update, nothing copied)."""
+    for path in tree.rglob("*.py"):
+        path.write_text(path.read_text() + "\n_RELEASE = 2\n")
+
+
+def measure_ota(work: Path) -> dict:
+    import os
+
+    from fleet.keyring import Keyring, NodeEntry
+    from gateway.forward.local import LocalStore
+    from gateway.ota import OtaSettings
+    from gateway.pipeline import Gateway
+    from provisioning.build import build_firmware
+    from provisioning.install import install
+    from provisioning.link import BoardLink
+    from provisioning.virtual_board import RECORDS_ENV, VirtualBoard
+    from tests.fixtures.ota import OTA_DONE, ReleaseShop, board_flash, board_run
+    from tests.fixtures.services import Mosquitto
+
+    os.environ[RECORDS_ENV] = str(work / "records")
+    node, key, zone = "0d0a0c0b", bytes(range(0x61, 0x81)), "spoorzone"
+    broker = Mosquitto(work / "mosquitto")
+    broker.start()
+    shop = ReleaseShop(work / "shop")
+    release = shop.build(1, version=(0, 2, 0), patch=_every_module_changed)
+    shop.offer({node: 1})
+    gateway = Gateway(Keyring([NodeEntry(int(node, 16), "air", zone, "spz-01", {0: key})]),
+                      LocalStore(work / "store.sqlite"), work / "gw",
+                      f"mqtt://{broker.host}:{broker.port}", client_id="bench-ota-gw",
+                      housekeeping_s=0.5,
+                      ota=OtaSettings(shop.releases, shop.offers, 1024, offer_every_s=2.0))
+    flash = work / "board-flash"
+    board_flash(flash, shop.pub_hex, node, key, zone, broker.port)
+    try:
+        gateway.start()
+        with VirtualBoard(flash, wifi=True) as board:
+            t0 = time.perf_counter()
+            out = board_run(board, "False", max_ms=600_000)
+            t_switch = time.perf_counter()
+            if out["result"] != "reset" or out["pointer"]["slot"] != "b":
+                sys.exit(f"bench/ota.py: the update did not switch: {out}")
+            board.reset()
+            out = board_run(board, OTA_DONE, max_ms=120_000)
+            t_done = time.perf_counter()
+            if out["pointer"]["trial"] or out["version"] != [0, 2, 0]:
+                sys.exit(f"bench/ota.py: the update did not confirm: {out}")
+        pulled = gateway.ota.counts["chunk_bytes"]
+        chunks = gateway.ota.counts["chunks"]
+    finally:
+        gateway.stop()
+        broker.stop()
+    # the same build over the cable, on a fresh board
+    build = build_firmware(source=shop.root / "src-1" / "firmware")
+    assert build.manifest_sha256 == release.manifest_sha256
+    with VirtualBoard(work / "cable-flash") as board:
+        with BoardLink(board.port) as link:
+            t0_install = time.perf_counter()
+            install(link, build)
+            install_s = time.perf_counter() - t0_install
+    pull_s = t_switch - t0
+    return {
+        "ota_s": round(t_done - t0, 2),
+        "ota_pull_s": round(pull_s, 2),
+        "ota_confirm_s": round(t_done - t_switch, 2),
+        "ota_bytes": pulled,
+        "ota_chunks": chunks,
+        "ota_bytes_per_s": round(pulled / pull_s),
+        "install_s": round(install_s, 2),
+        "ota_pull_ratio": round(pull_s / install_s, 2),
+    }
+
+
 # One function per measurement, each returning its keys for the JSON line.
-MEASUREMENTS = [measure_verify]
+MEASUREMENTS = [measure_verify, measure_ota]
 
 
 def main() -> None:
