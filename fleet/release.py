@@ -16,9 +16,9 @@ On failure: `ReleaseError` with what is wrong and what to do; it never holds key
 Layout of a key directory (`dordt fleet release key init`):
     release.key     the private key (PEM PKCS#8, mode 0600): keep it offline
     release.pub     the public key: 64 hex digits and a newline, as /release.pub on a node
-    release.serial  the highest serial signed with this key (written by build), so a serial
-                    is never signed twice: a node refuses a serial at or below the last one
-                    it installed (docs/ota.md §1)
+    release.serial  the highest serial signed with this key (written by build just before
+                    it signs), so a serial is never signed twice: a node refuses a serial at
+                    or below the last one it installed (docs/ota.md §1)
 
 The document checks (format, fields, files against a directory) are the node's own,
 firmware/ota_verify.py, run here under CPython: one rule set, not two.  The signature is
@@ -340,10 +340,18 @@ def build_release(key_path: Path, serial: int, kinds: list[str], out: Path,
         ota_verify.check_document(json_bytes)  # what a node will check of its form
     except ota_verify.ReleaseRefused as exc:
         raise ReleaseError(f"the release would not be valid: {exc}") from None
+    # The serial is recorded before anything is signed, so no crash or full disk after this
+    # point can lead to signing it twice; a build that fails from here on skips a serial,
+    # which nodes do not mind (serials only have to grow).
+    serial_path = key_path.parent / SERIAL_NAME
+    try:
+        write_file_atomic(serial_path, f"{serial}\n".encode(), 0o644)
+    except OSError as exc:
+        raise ReleaseError(f"cannot record serial {serial} in {serial_path} ({exc.strerror}): "
+                           "the release key's directory must be writable (it keeps the last "
+                           "serial signed); nothing was signed") from None
     signature = key.sign(json_bytes)
     _write_release(out, json_bytes, signature, files)
-    # Recorded after the release is complete: a failed build does not use up a serial.
-    write_file_atomic(key_path.parent / SERIAL_NAME, f"{serial}\n".encode(), 0o644)
     return Release(out, json_bytes, signature, doc)
 
 

@@ -286,3 +286,25 @@ def test_no_release_key_material_in_any_output_or_release_file(tmp_path, capsys)
     raw = bytes.fromhex(_key_material(private)[0])
     assert raw not in written
     assert "not a release public key" in printed  # verify given release.key: refused, quietly
+
+
+def test_build_refuses_when_the_serial_cannot_be_recorded(tmp_path, key, capsys, monkeypatch):
+    """The key's directory on media that takes no writes (here: a full disk, as root can
+    write anywhere): nothing is signed, and a directory in the serial's place is named."""
+    import errno
+
+    def full_disk(path, data, mode, group=None):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    private, _ = key
+    build = ["fleet", "release", "build", "--key", str(private), "--serial", "1", "--kinds",
+             "air", "--out", str(tmp_path / "r")]
+    with monkeypatch.context() as patch:
+        patch.setattr(releases, "write_file_atomic", full_disk)
+        assert main(build) == 2
+    err = capsys.readouterr().err
+    assert "cannot record serial 1" in err and "nothing was signed" in err
+    assert not (tmp_path / "r").exists()
+    (private.parent / releases.SERIAL_NAME).mkdir()
+    assert main(build) == 2
+    assert "cannot read the last serial" in capsys.readouterr().err
