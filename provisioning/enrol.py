@@ -113,7 +113,8 @@ def config_doc(p: NodePlacement, profile: Board, broker: dict,
     doc = {"version": node_config.VERSION, "node_id": protocol.node_name(p.node_id),
            "kind": p.kind, "zone": p.zone, "site": p.site, "key_id": 0,
            "key_file": node_config.KEY_FILE, "broker": broker,
-           "board": {"pins": board_pins(profile)}}
+           # the profile: an update over the air must be for this board (docs/ota.md §2)
+           "board": {"pins": board_pins(profile), "profile": profile.id}}
     if wifi:
         doc["wifi"] = wifi
     return doc
