@@ -9,7 +9,9 @@
 #   (a non-canonical S, §5.1.7 step 1), and an R that is not the canonical encoding of
 #   [S]B - [k]A (R is compared as bytes, as OpenSSL does, so a non-canonical R never matches).
 # Verification is cofactorless ([S]B = R + [k]A, checked as an encoding), as in OpenSSL,
-# which `cryptography` uses to sign: what the fleet signs, the node accepts.
+# which `cryptography` uses to sign: what the fleet signs, the node accepts.  It is
+# stricter than OpenSSL in one place: a public key whose y is not below p is refused
+# (RFC 8032 §5.1.3), where OpenSSL reduces it (tests/firmware/test_ed25519.py).
 #
 # Speed: extended twisted Edwards coordinates (RFC 8032 §5.1.4, "Twisted Edwards Curves
 # Revisited", Hisil et al. 2008), one double-scalar multiplication [S]B + [k](-A) with a

@@ -9,8 +9,12 @@ import json
 from pathlib import Path
 
 import pytest
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -81,6 +85,30 @@ def test_rfc_8032_vectors_verify_under_cpython(vector):
 def test_bad_signatures_and_keys_are_refused_under_cpython(case):
     _, pk, msg, sig = case
     assert ed25519.verify(bytes.fromhex(pk), bytes.fromhex(msg), bytes.fromhex(sig)) is False
+
+
+def _openssl_verifies(public: bytes, message: bytes, signature: bytes) -> bool:
+    try:
+        Ed25519PublicKey.from_public_bytes(public).verify(signature, message)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def test_small_order_and_non_canonical_keys_against_openssl():
+    """Cofactorless, as OpenSSL: a signature (R = [S]B, S) holds for the identity as public
+    key, in both.  A key encoded with y >= p (the identity as p + 1): OpenSSL reduces it
+    and accepts, this verifier refuses it (RFC 8032 §5.1.3).  Neither matters for a node,
+    whose one key is the fleet's, but the difference is on record."""
+    s = 12345
+    r = ed25519._encode_point(ed25519._double_scalar_mult(s, 0, ed25519.B))
+    signature = r + s.to_bytes(32, "little")
+    identity = (1).to_bytes(32, "little")
+    assert ed25519.verify(identity, b"any", signature)
+    assert _openssl_verifies(identity, b"any", signature)
+    non_canonical = (P + 1).to_bytes(32, "little")
+    assert not ed25519.verify(non_canonical, b"any", signature)
+    assert _openssl_verifies(non_canonical, b"any", signature)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
