@@ -101,7 +101,7 @@ def _verify_signature(release_json, sig_hex, release_pub):
         sig = b""
     if len(sig) != 64:
         raise ReleaseRefused("bad_signature", "release.sig is not 128 hex digits")
-    # Ed25519 (and the pure SHA-512 it may load) only for this call: ~10 KB of bytecode and
+    # Ed25519 (and the pure SHA-512 it may load) only for this call: ~13 KB of bytecode and
     # constants a node in service should not hold.
     ed25519 = use_module(_ED25519)
     try:
