@@ -201,8 +201,8 @@ class Node:
             net, hw.clock, broker, cfg.zone, cfg.node_id, cfg.key, cfg.key_id,
             first_counter=first, rng=hw.rng, wdt=hw.wdt, on_time=self._gateway_time,
             tls_paths=tls, retry_min_s=iv["retry_min_s"], retry_max_s=iv["retry_max_s"],
+            on_ota=self._ota_message,
         )
-        self.uplink.on_ota = self._ota_message
         state = hw.flash.read(_OTA_STATE)
         if state is not None and b'"job"' in state:
             self._ota_open()  # a download to resume or a trial to confirm
@@ -290,11 +290,12 @@ class Node:
         self.ota = use_module(_OTA).OtaClient(self, FIRMWARE_VERSION)
 
     def _ota_message(self, suffix, msg):
-        if self.ota is None:
+        ota = self.ota
+        if ota is None:
             if suffix != "offer":
                 return  # a chunk for an update this boot is not running
-            self._ota_open()
-        self.ota.on_message(suffix, msg)
+            ota = self.ota = use_module(_OTA).OtaClient(self, FIRMWARE_VERSION)
+        ota.on_message(suffix, msg)
 
     def _measurement(self, values, now):
         clock = self.hw.clock

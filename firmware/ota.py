@@ -94,11 +94,11 @@ class OtaClient:
         self.root = self.flash.root or "/"
         self.version = version
         self.state = read_state(self.flash)
-        self.job = self.state.get("job")
-        self.doc = None  # release.json, parsed and checked
+        self.job = self.state.get("job") or {}  # {} while no update is in progress
+        self.doc = {}  # release.json, parsed and checked
         self.done = False  # node.py drops this module when set
         self.chunk_bytes = CHUNK_MAX_BYTES
-        self._want = None  # (path, offset, length) asked for and not yet answered
+        self._want = []  # [flash path, path, offset, length] asked for, not yet answered
         self._asked_at = 0
         self._tries = 0
         self._state_msg = None  # the latest state message not yet published
@@ -106,7 +106,7 @@ class OtaClient:
         self._active_shas = None  # {path: sha256} of the active slot's manifest
         self.chunks = 0
         self.bytes_in = 0
-        if self.job is not None:
+        if self.job:
             self._resume_at_boot()
 
     # -- what node.py calls ------------------------------------------------------------------
@@ -125,7 +125,7 @@ class OtaClient:
         clock = self.hw.clock
         self._flush_state_msg()
         job = self.job
-        if job is None:
+        if not job:
             self.done = self._state_msg is None
             return 1000
         try:
@@ -135,7 +135,7 @@ class OtaClient:
             if phase == "staged":
                 self._switch()
                 return 0
-            if self._want is None:
+            if not self._want:
                 self._next_get(now_ms)
                 return 0
             if clock.ticks_diff(now_ms, self._asked_at) >= GET_TIMEOUT_MS:
@@ -143,7 +143,7 @@ class OtaClient:
             up = self.node.uplink
             if up is not None:
                 up.poll()
-            return 0 if self._want is None else 10
+            return 10 if self._want else 0
         except OSError as exc:
             self._fail("flash: %s" % (exc,))
             return 0
@@ -160,7 +160,7 @@ class OtaClient:
         except (ValueError, KeyError, TypeError):
             return  # not an offer: nothing in it is trusted anyway
         job = self.job
-        if job is not None and (job["phase"] == "switched" or serial <= job["serial"]):
+        if job and (job["phase"] == "switched" or serial <= job["serial"]):
             return  # the same offer again (this job carries on), or one older than it
         # (a newer release while staging an older one starts over with the newer one)
         if serial <= self.state.get("serial", 0):
@@ -176,7 +176,7 @@ class OtaClient:
         slot = slots.other(slots.active_slot(self.root) or slots.SLOTS[1])
         self.job = {"serial": serial, "version": str(offer.get("version", "")), "slot": slot,
                     "phase": "meta", "file": 0}
-        self.doc = None
+        self.doc = {}
         self._makedirs(STATE_DIR)
         self.flash.remove(self._meta(RELEASE_JSON))
         self.flash.remove(self._meta(RELEASE_SIG))
@@ -222,9 +222,9 @@ class OtaClient:
 
     def _next_get(self, now_ms):
         job = self.job
-        if job["phase"] == "files" and self.doc is None:
+        if job["phase"] == "files" and not self.doc:
             self._load_doc()
-            if self.job is None:
+            if not self.job:
                 return
         target = self._target()
         if target is None:
@@ -238,7 +238,7 @@ class OtaClient:
         if job["phase"] == "files" and offset == 0 and self._copy_unchanged(rel, path):
             return
         length = self.chunk_bytes if size is None else min(self.chunk_bytes, size - offset)
-        self._want = (rel, path, offset, length)
+        self._want = [rel, path, offset, length]
         self._send_get(now_ms)
 
     def _send_get(self, now_ms):
@@ -252,7 +252,7 @@ class OtaClient:
 
     def _chunk(self, msg):
         want = self._want
-        if want is None or self.job is None:
+        if not want or not self.job:
             return
         nl = msg.find(b"\n")
         if nl < 0:
@@ -283,7 +283,7 @@ class OtaClient:
             f.write(data)
         self.chunks += 1
         self.bytes_in += len(data)
-        self._want = None
+        self._want = []
         if self.job["phase"] == "meta" and offset + len(data) >= total:
             self.flash.write(rel + ".done", b"")  # the whole file is there
 
@@ -492,7 +492,7 @@ class OtaClient:
 
     def _fail(self, sentence):
         job = self.job
-        if job is None:
+        if not job:
             return
         print("ota: release %d failed: %s" % (job["serial"], sentence))
         self._end_job()
@@ -500,16 +500,16 @@ class OtaClient:
 
     def _end_job(self):
         self.state.pop("job", None)
-        self.job = None
-        self.doc = None
-        self._want = None
+        self.job = {}
+        self.doc = {}
+        self._want = []
         self._save()
         for name in (RELEASE_JSON, RELEASE_SIG):
             self.flash.remove(self._meta(name))
             self.flash.remove(self._meta(name) + ".done")
 
     def _save(self):
-        if self.job is not None:
+        if self.job:
             self.state["job"] = self.job
         self._makedirs(STATE_DIR)
         self.flash.replace(STATE_FILE, json.dumps(self.state).encode())

@@ -93,7 +93,7 @@ class MqttUplink:
 
     def __init__(
         self, net, clock, broker, zone, node_id, key, key_id=0, first_counter=0, rng=None,
-        wdt=None, on_time=None, tls_paths=None, retry_min_s=2, retry_max_s=300,
+        wdt=None, on_time=None, tls_paths=None, retry_min_s=2, retry_max_s=300, on_ota=None,
     ):
         self._net = net
         self._clock = clock
@@ -105,7 +105,7 @@ class MqttUplink:
         self.topic = protocol.topic_up(zone, node_id)
         self.topic_down = topic_down(zone, node_id)
         self.topic_ota = topic_ota(zone, node_id)
-        self.on_ota = None  # f(suffix, msg) for offer and chunk messages (firmware/ota.py)
+        self.on_ota = on_ota  # f(suffix, msg) for offer and chunk messages (firmware/ota.py)
         self._host = broker["host"]
         self._port = broker["port"]
         self._client_id = broker["client_id"]
