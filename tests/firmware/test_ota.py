@@ -144,7 +144,7 @@ def world(mosquitto, tmp_path, monkeypatch):
 def boot(w, max_ms=30_000, until=None):
     """Power the node on: boot.py's slot choice, then node.run until `until(node)`, a
     reset (returned as "reset"), or `max_ms`.  Returns (slot booted, Node or "reset")."""
-    slot = host_boot(w.flash)
+    slot = w.booted = host_boot(w.flash)
     assert slot is not None, "no bootable slot: the node is bricked"
     hw = node_host.host_hardware(str(w.flash), clock=WallClock(), mqtt=w.chunks)
 
@@ -203,6 +203,10 @@ def test_an_offered_release_is_pulled_staged_switched_and_confirmed(world):
     wait_until(lambda: gw.outbox.depth() == 0, 10, "the outbox")
     points = gw.store.points("ota", "state", NAME)
     assert [STATES[int(p.value)] for p in points][-1:] == ["confirmed"]
+    # and the gateway's health counts the update
+    ota_health = gw.health.snapshot()["ota"]
+    assert ota_health["chunks"] > 0 and ota_health["state.confirmed"] == 1
+    assert 'dordt_gateway_ota_states_total{state="confirmed"} 1' in gw.health.prometheus_text()
 
 
 def test_a_link_dropped_mid_download_resumes_where_it_stopped(world):
@@ -241,42 +245,50 @@ def _cut_at_state(monkeypatch, state):
     return lambda: monkeypatch.setattr(ota.OtaClient, "_say", real)
 
 
-@pytest.mark.parametrize("step", ["downloading", "chunk", "staged", "switched", "trial"])
-def test_a_power_cut_at_any_step_leaves_a_bootable_node_that_finishes(world, monkeypatch,
-                                                                      step):
-    world.shop.build(1)
+def test_a_power_cut_at_every_step_leaves_a_bootable_node_that_finishes(world, monkeypatch):
+    """One update cut at each step in turn: in the middle of a chunk, after the release
+    checked (downloading), when staged, after the switch before the reset, and in the first
+    trial boot before the confirm.  After each the node boots the old or the new release."""
+    world.shop.build(1, patch=pad)
     world.shop.offer({NAME: 1})
     world.start_gateway()
-    if step == "chunk":
-        world.chunks.cut_at = 3
-    elif step != "trial":
-        undo = _cut_at_state(monkeypatch, step)
-    if step == "trial":
-        assert world.boot() == ("a", "reset")
-        real_confirm = slots.confirm
+    booted = []
 
-        def cut_confirm(root="/"):
+    def cut(arm):
+        disarm = arm()  # the step's power cut, armed; returns what disarms it
+        with pytest.raises(PowerCut):
+            world.boot()
+        disarm()
+        booted.append(world.booted)  # the slot that power-on ran (boot() asserts there is one)
+
+    def mid_chunk():
+        world.chunks.cut_at = 3
+        return lambda: setattr(world.chunks, "cut_at", None)
+
+    def before_confirm():
+        real = slots.confirm
+
+        def confirm(root="/"):
             raise PowerCut("before the confirm")
 
-        monkeypatch.setattr(slots, "confirm", cut_confirm)
-        with pytest.raises(PowerCut):
-            world.boot()
-        monkeypatch.setattr(slots, "confirm", real_confirm)
-    else:
-        with pytest.raises(PowerCut):
-            world.boot()
-        world.chunks.cut_at = None
-        if step != "chunk":
-            undo()
-    # the node boots (old or new slot) and the update completes
-    for _ in range(3):
-        slot, n = world.boot(until=job_done)
-        assert slot in ("a", "b")
-        if n != "reset" and "job" not in ota_state(world.flash):
-            break
+        monkeypatch.setattr(slots, "confirm", confirm)
+        return lambda: monkeypatch.setattr(slots, "confirm", real)
+
+    cut(mid_chunk)
+    assert ota_state(world.flash)["job"]["phase"] == "meta"
+    for step, phase in (("downloading", "files"), ("staged", "staged"),
+                        ("switched", "switched")):
+        cut(lambda s=step: _cut_at_state(monkeypatch, s))
+        assert ota_state(world.flash)["job"]["phase"] == phase, step
+    cut(before_confirm)
+    assert booted == ["a", "a", "a", "a", "b"]
+    pointer = slots.read_pointer(str(world.flash))
+    assert pointer["slot"] == "b" and pointer["trial"] and pointer["boots"] == 1
+    slot, n = world.boot(until=job_done)
+    assert slot == "b" and n != "reset"
     pointer = slots.read_pointer(str(world.flash))
     assert pointer["slot"] == "b" and not pointer["trial"]
-    assert ota_state(world.flash)["serial"] == 1
+    assert ota_state(world.flash) == {"serial": 1, "version": "0.2.0"}
 
 
 def test_a_release_that_fails_its_health_check_rolls_back_by_itself(world, monkeypatch):
