@@ -200,3 +200,24 @@ def test_an_ota_config_names_its_paths_relative_to_the_file(tmp_path):
     cfg = load_config(path)
     assert cfg.path_of("ota", "releases") == tmp_path / "rel"
     assert cfg["ota"]["chunk_bytes"] == 1024
+
+
+def test_a_gateway_built_from_its_config_serves_the_configured_releases(tmp_path, shop):
+    from fleet.keyring import Keyring, NodeEntry
+    from gateway.pipeline import Gateway
+
+    Keyring([NodeEntry(int(NODE, 16), "air", ZONE, "spz-01", {0: bytes(32)})]).save(
+        tmp_path / "keyring.json")
+    path = tmp_path / "gw.toml"
+    path.write_text(CONFIG + f'[ota]\nreleases = "{shop.releases}"\noffers = "{shop.offers}"\n'
+                    'chunk_bytes = 256\noffer_every_s = 5\n')
+    gw = Gateway.from_config(load_config(path))
+    try:
+        assert gw.ota is not None
+        assert gw.ota.settings == OtaSettings(shop.releases, shop.offers, 256, 5)
+        assert gw._zone_of(NODE) == ZONE and gw._zone_of("0d0a0eff") is None
+        # its requests arrive on the gateway's own session (gateway/ingest/mqtt.py extra)
+        assert ("dordt/v1/+/+/ota/get", 1) in gw.ingest.extra
+    finally:
+        gw.outbox.close()
+        gw.anonymiser.close()
