@@ -9,6 +9,8 @@ MPY_JS := tools/micropython
 VENV_STAMP := $(VENV)/.dordt-installed
 TEST_STAMP := $(VENV)/.dordt-test-installed
 NPM_STAMP  := $(MPY_JS)/node_modules/.dordt-installed
+# micropython-lib's umqtt.simple for the virtual board's ROM (fetched once, then offline)
+UMQTT      := $(MPY_JS)/packages/umqtt/simple.py
 
 .PHONY: demo test setup setup-test apt lint clean fuzz
 
@@ -27,7 +29,7 @@ fuzz: setup-test
 
 setup: $(VENV_STAMP)
 # apt first: the venv's install builds the C frame path with libcrypto's headers.
-setup-test: apt $(TEST_STAMP) $(NPM_STAMP)
+setup-test: apt $(TEST_STAMP) $(NPM_STAMP) $(UMQTT)
 
 # Checks for the programs each time (cheap) and installs only what is missing.
 apt:
@@ -49,5 +51,9 @@ $(NPM_STAMP): $(MPY_JS)/package.json $(MPY_JS)/package-lock.json
 	cd $(MPY_JS) && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
+$(UMQTT): provisioning/vboard_net.py | $(TEST_STAMP)
+	$(VENV)/bin/python -m provisioning.vboard_net fetch-umqtt
+	@touch $@
+
 clean:
-	rm -rf $(VENV) $(MPY_JS)/node_modules dordt-demo .stamps
+	rm -rf $(VENV) $(MPY_JS)/node_modules $(MPY_JS)/packages dordt-demo .stamps

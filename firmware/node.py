@@ -28,11 +28,13 @@
 # (one list and one bytes object); gc.collect() runs after every frame and in safe mode.
 # Safe mode's code and messages are in node_safe.py, loaded on entering safe mode and
 # dropped on leaving it (firmware.use_module / drop_module): a node in service never
-# loads them.
+# loads them.  The same for over-the-air updates (ota.py, docs/ota.md): loaded when the
+# gateway offers a release (uplink on_ota) or when /ota/state.json holds a job at boot (a
+# download to resume, a trial to confirm), serviced in the loop, dropped when done.
 
 import gc
 
-from firmware import config, metrics, protocol, use_module
+from firmware import config, drop_module, metrics, protocol, use_module
 from firmware.counter import CounterError, FrameCounter
 from firmware.uplink.mqtt import MqttUplink
 
@@ -45,6 +47,8 @@ NTP_RETRY_MS = 60000
 MAX_SLEEP_MS = 1000  # wake at least this often (watchdog, link); less with a short WDT
 _BUSY_LIMIT = 1000  # zero-wait iterations in a row before a 1 ms sleep (no livelock)
 _SAFE = "firmware.node_safe"
+_OTA = "firmware.ota"
+_OTA_STATE = "ota/state.json"  # ota.STATE_FILE: read here without loading ota.py
 
 # The status frame's metrics (§8), by id: no Metric objects needed for them (RAM).
 _STATUS_IDS = [metrics.id_of(name) for name in (
@@ -89,6 +93,7 @@ class Node:
         self.frames_made = 0
         self.status_frames = 0
         self.time_source = None  # "ntp" or "gateway" once the wall clock is set
+        self.ota = None  # an ota.OtaClient while an update is in progress
         self._since_status = 0
         self._window_start = 0
         self._sampler_retry = 0
@@ -102,8 +107,9 @@ class Node:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def run(self, max_ms=None):
-        """Boot, then loop; returns after `max_ms` of uptime (tests), never otherwise."""
+    def run(self, max_ms=None, until=None):
+        """Boot, then loop; returns after `max_ms` of uptime, or once `until(node)` is true
+        (tests, and bounded runs driven from a REPL), never otherwise."""
         hw = self.hw
         clock = hw.clock
         print("dordt node firmware %d.%d.%d on %s, reset cause %d" % (
@@ -116,6 +122,8 @@ class Node:
             now = self._tick()
             self._feed()
             if max_ms is not None and self.uptime_ms >= max_ms:
+                break
+            if until is not None and until(self):
                 break
             if self.safe_problems is not None:
                 wait = use_module(_SAFE).step(self, now)
@@ -193,7 +201,11 @@ class Node:
             net, hw.clock, broker, cfg.zone, cfg.node_id, cfg.key, cfg.key_id,
             first_counter=first, rng=hw.rng, wdt=hw.wdt, on_time=self._gateway_time,
             tls_paths=tls, retry_min_s=iv["retry_min_s"], retry_max_s=iv["retry_max_s"],
+            on_ota=self._ota_message,
         )
+        state = hw.flash.read(_OTA_STATE)
+        if state is not None and b'"job"' in state:
+            self._ota_open()  # a download to resume or a trial to confirm
         self._ntp_on = cfg.time["ntp_host"] is not None and net is not None and \
             hasattr(net, "ntp_time")
         self._ntp_due = now
@@ -262,7 +274,28 @@ class Node:
         if uplink is not None:
             uplink.service(clock.ticks_ms(), max(0, min(wait, 5000)))
             wait = min(wait, uplink.wait_ms(clock.ticks_ms()))
+        ota = self.ota
+        if ota is not None:
+            wait = min(wait, ota.service(clock.ticks_ms()))
+            if ota.done:
+                self.ota = None
+                drop_module(_OTA)
+                drop_module("firmware.slots")  # imported by ota.py only, in service
+                gc.collect()
         return wait
+
+    # -- over the air (ota.py) ---------------------------------------------------------------
+
+    def _ota_open(self):
+        self.ota = use_module(_OTA).OtaClient(self, FIRMWARE_VERSION)
+
+    def _ota_message(self, suffix, msg):
+        ota = self.ota
+        if ota is None:
+            if suffix != "offer":
+                return  # a chunk for an update this boot is not running
+            ota = self.ota = use_module(_OTA).OtaClient(self, FIRMWARE_VERSION)
+        ota.on_message(suffix, msg)
 
     def _measurement(self, values, now):
         clock = self.hw.clock
@@ -404,7 +437,7 @@ def _clamp(value, hi):
     return hi if value > hi else value
 
 
-def run(hw, max_ms=None, config_name=config.CONFIG_FILE, sampler_factory=None):
-    """Run a node on `hw`: forever on a board; for `max_ms` of uptime in tests.  Returns
-    the Node (its counters and parts) when it stops."""
-    return Node(hw, config_name, sampler_factory).run(max_ms)
+def run(hw, max_ms=None, config_name=config.CONFIG_FILE, sampler_factory=None, until=None):
+    """Run a node on `hw`: forever on a board; for `max_ms` of uptime, or until
+    `until(node)`, in tests.  Returns the Node (its counters and parts) when it stops."""
+    return Node(hw, config_name, sampler_factory).run(max_ms, until)

@@ -293,6 +293,19 @@ def confirm(root="/"):
         _write_pointer(pointer, root)
 
 
+def fail_trial(root="/"):
+    """The running trial failed its health check (firmware/ota.py calls this before it
+    resets): count the next boot now, as one of MAX_TRIAL_BOOTS, whatever reset follows.
+    machine.reset() is reported as a soft reset on some ports (the virtual board's), which
+    boot() does not count, so a release that can never pass would stay on trial for ever;
+    the `counted` mark keeps boot() from counting a hard reset's boot twice."""
+    pointer = read_pointer(root)
+    if pointer and pointer.get("trial") and not pointer.get("counted"):
+        pointer["boots"] = pointer.get("boots", 0) + 1
+        pointer["counted"] = True
+        _write_pointer(pointer, root)
+
+
 def _reset_cause():
     try:
         import machine  # type: ignore
@@ -311,11 +324,14 @@ def boot(slot, root="/"):
         problems = check_slot(slot, root, pointer.get("manifest"))
         if problems:
             raise SlotError("; ".join(problems))
-        if pointer.get("trial") and _reset_cause() != _SOFT_RESET:
-            pointer["boots"] = pointer.get("boots", 0) + 1
-            if pointer["boots"] > MAX_TRIAL_BOOTS:
+        if pointer.get("trial"):
+            if pointer.pop("counted", False):  # fail_trial() counted this boot already
+                _write_pointer(pointer, root)
+            elif _reset_cause() != _SOFT_RESET:
+                pointer["boots"] = pointer.get("boots", 0) + 1
+                _write_pointer(pointer, root)
+            if pointer.get("boots", 0) > MAX_TRIAL_BOOTS:
                 raise SlotError("trial not confirmed after %d boots" % MAX_TRIAL_BOOTS)
-            _write_pointer(pointer, root)
         return
     problems = check_slot(slot, root)
     if problems:

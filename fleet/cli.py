@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 
 from dordt.errors import UserError
-from fleet import cli_rollout
+from fleet import cli_release, cli_rollout
 
 
 def register(groups) -> None:
@@ -54,7 +54,9 @@ def register(groups) -> None:
     from fleet import cli_registry  # registry | gateway | keyring (fleet/registry.py)
 
     cli_registry.register(sub)
-    cli_rollout.register(sub)  # dordt fleet release publish | rollout | step | ... | halt
+    # dordt fleet release key init | build | verify (cli_release), publish | rollout | step |
+    # watch | status | halt (cli_rollout): one `release` group
+    cli_rollout.register_release_commands(cli_release.register(sub))
     from fleet import cli_balena  # dordt fleet balena link | sync | status | pin | rollout
 
     cli_balena.register(sub)

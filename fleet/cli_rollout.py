@@ -21,16 +21,6 @@ from pathlib import Path
 from dordt.errors import EXIT_CONFIG, EXIT_FAILED, UserError
 
 
-def register(sub) -> None:
-    """The `release` group under `dordt fleet`."""
-    g = sub.add_parser("release", help="firmware releases: publish, staged rollout, halt",
-                       description="Publish signed firmware releases to the fleet and roll "
-                       "them out in stages (canaries, one zone, all zones), halting by itself "
-                       "when canaries do not confirm.  docs/fleet.md, docs/ota.md.")
-    release_sub = g.add_subparsers(dest="release_command", metavar="COMMAND", required=True)
-    register_release_commands(release_sub)
-
-
 def register_release_commands(release_sub) -> None:
     """Add publish, rollout, step, watch, status and halt to the `release` group's
     sub-parsers (the release build's commands hang under the same group)."""

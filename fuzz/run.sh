@@ -19,7 +19,7 @@ seconds=${1:-60}
 shift || true
 python=${PYTHON:-.venv/bin/python}
 all=(frame metrics serial ble time_downlink recording keyring policy config lines
-     verify_batches signed_keyring rekey)
+     verify_batches signed_keyring rekey release)
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=("${all[@]}")
 

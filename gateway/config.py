@@ -50,6 +50,8 @@ SCHEMA: dict[str, dict[str, tuple]] = {
     "serial": {"ports": ((list,), False, []), "baudrate": (_INT, False, 115200)},
     "ble": {"enabled": ((bool,), False, False), "adapter": (_STR, False, ""),
             "scanning_mode": (_STR, False, "active")},
+    "ota": {"releases": (_STR, False, ""), "offers": (_STR, False, ""),
+            "chunk_bytes": (_INT, False, 1024), "offer_every_s": (_NUM, False, 60.0)},
 }
 _CHOICES = {
     ("log", "format"): ("json", "text"),
@@ -170,6 +172,15 @@ def _check_semantics(path: Path, v: dict[str, dict]) -> None:
                 f"{path}: [serial] ports[{i}]: a device path such as /dev/ttyUSB0, or "
                 "usb:VID:PID[:SERIAL] such as usb:10c4:ea60"
             )
+    ota = v["ota"]
+    if bool(ota["releases"]) != bool(ota["offers"]):
+        raise ConfigError(f"{path}: [ota] set both releases (a directory) and offers (a file), "
+                          "or neither (no updates over the air)")
+    if not 64 <= ota["chunk_bytes"] <= 2048:  # gateway/ota.py CHUNK_MIN/MAX_BYTES
+        raise ConfigError(f"{path}: [ota] chunk_bytes {ota['chunk_bytes']}: use 64 to 2048 "
+                          "(the broker's packet limit)")
+    if ota["offer_every_s"] < 1:
+        raise ConfigError(f"{path}: [ota] offer_every_s must be at least 1")
     listen = v["health"]["listen"]
     host, _, port = listen.rpartition(":")
     if not port.isdigit() or not 0 <= int(port) <= 65535 or not host:

@@ -91,6 +91,7 @@ class Health:
             "links": [link.stats() for link in gw.links],
             # serial in use and refusals by reason (gateway/keyring_source.py)
             "keyring": gw.keyring_source.snapshot() if gw.keyring_source is not None else None,
+            "ota": gw.ota.stats() if getattr(gw, "ota", None) is not None else None,
         }
 
     def prometheus_text(self) -> str:
@@ -140,6 +141,14 @@ class Health:
         metric("keyring_refused_total", "counter", "keyring files refused, by reason",
                [(f'{{reason="{k}"}}', v) for k, v in sorted(ring["refused"].items())]
                or [("", 0)])
+        ota = s["ota"] or {}
+        metric("ota_chunks_total", "counter", "firmware chunks sent to nodes (gateway/ota.py)",
+               [("", ota.get("chunks", 0))])
+        metric("ota_chunk_bytes_total", "counter", "firmware bytes sent to nodes",
+               [("", ota.get("chunk_bytes", 0))])
+        metric("ota_states_total", "counter", "OTA state messages from nodes, by state",
+               [(f'{{state="{k.removeprefix("state.")}"}}', v)
+                for k, v in sorted(ota.items()) if k.startswith("state.")] or [("", 0)])
         return "\n".join(lines) + "\n"
 
     def heartbeat_point(self) -> Point:

@@ -49,14 +49,21 @@ UPLINKS = protocol.TOPIC_ROOT + "/+/+/up"  # docs/protocol.md §5.1
 DOWNLINKS = protocol.TOPIC_ROOT + "/+/+/down"
 NODE_UPLINK = protocol.TOPIC_ROOT + "/+/%u/up"  # %u: the client's certificate CN
 NODE_DOWNLINK = protocol.TOPIC_ROOT + "/+/%u/down"
+# Over-the-air updates (docs/ota.md §3): a node asks and reports on its own topics only.
+NODE_OTA_WRITE = (protocol.TOPIC_ROOT + "/+/%u/ota/get", protocol.TOPIC_ROOT + "/+/%u/ota/state")
+NODE_OTA_READ = (protocol.TOPIC_ROOT + "/+/%u/ota/offer", protocol.TOPIC_ROOT + "/+/%u/ota/chunk")
+OTA_REQUESTS = (protocol.TOPIC_ROOT + "/+/+/ota/get", protocol.TOPIC_ROOT + "/+/+/ota/state")
+OTA_ANSWERS = (protocol.TOPIC_ROOT + "/+/+/ota/offer", protocol.TOPIC_ROOT + "/+/+/ota/chunk")
 
 # QoS 1 messages in flight to one client, awaiting its PUBACK.  The gateway acks a whole
 # group after one outbox commit (gateway/pipeline.py, up to 2000), so this is its group
 # size; Mosquitto's default of 20 would make every commit hold 20 readings at most.
 MAX_INFLIGHT_MESSAGES = 1000
-# A frame is at most 200 bytes (docs/protocol.md §2.2), its topic a few dozen; a client
-# sending a packet over this is disconnected before it costs the broker memory.
-MAX_PACKET_SIZE = 1024
+# A frame is at most 200 bytes (docs/protocol.md §2.2), its topic a few dozen; the largest
+# packet is an OTA chunk (docs/ota.md §3: at most 2048 bytes, gateway/ota.py, plus its JSON
+# header and topic).  A client sending a packet over this is disconnected before it costs
+# the broker memory.
+MAX_PACKET_SIZE = 2560
 
 
 @dataclass(frozen=True)
@@ -203,11 +210,15 @@ def _acl(gw: str) -> str:
         "# (docs/protocol.md 5.1, 7).",
         f"pattern write {NODE_UPLINK}",
         f"pattern read {NODE_DOWNLINK}",
+        *[f"pattern write {t}" for t in NODE_OTA_WRITE],
+        *[f"pattern read {t}" for t in NODE_OTA_READ],
         "",
-        "# The gateway daemon: every uplink in, downlinks out.",
+        "# The gateway daemon: every uplink in, downlinks out; OTA requests in, answers out.",
         f"user {gw}",
         f"topic read {UPLINKS}",
         f"topic write {DOWNLINKS}",
+        *[f"topic read {t}" for t in OTA_REQUESTS],
+        *[f"topic write {t}" for t in OTA_ANSWERS],
     ]) + "\n"
 
 
@@ -217,6 +228,8 @@ def _acl_local() -> str:
         "# the gateway daemon's rights.  They cannot publish uplinks.",
         f"topic read {UPLINKS}",
         f"topic write {DOWNLINKS}",
+        *[f"topic read {t}" for t in OTA_REQUESTS],
+        *[f"topic write {t}" for t in OTA_ANSWERS],
     ]) + "\n"
 
 

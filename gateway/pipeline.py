@@ -30,12 +30,17 @@ from gateway.health import Health, sd_notify, watchdog_interval_s
 from gateway.ingest.mqtt import MqttIngest, MqttTls
 from gateway.keyring_source import KeyringSource
 from gateway.model import Envelope, Reading, Rejected
+from gateway.ota import SUBSCRIPTIONS as OTA_SUBSCRIPTIONS
+from gateway.ota import OtaServer, OtaSettings
 from gateway.provenance import AuditLog, GatewayIdentity
 from gateway.verify import Verifier
 
 log = logging.getLogger("dordt.gateway")
 
 TIME_DOWNLINK_EVERY_S = 60.0
+# A node on trial after an update (gateway/ota.py) confirms once a time message tells it
+# that a frame of this boot was accepted (firmware/ota.py): sooner than the minute above.
+TIME_DOWNLINK_TRIAL_EVERY_S = 2.0
 
 
 @dataclass
@@ -71,6 +76,7 @@ class Gateway:
         policy_path: str | Path | None = None,
         broker_tls: MqttTls | None = None,
         keyring_source: KeyringSource | None = None,
+        ota: OtaSettings | None = None,
     ):
         self.data_dir = Path(data_dir)
         self.outbox = Outbox(self.data_dir / "outbox.sqlite", buffer_max_bytes,
@@ -95,7 +101,9 @@ class Gateway:
         # SimpleQueue: put and get in C, no Condition per item (MQTT's network thread and
         # the processing thread each touch every frame once)
         self.queue: queue.SimpleQueue[Envelope] = queue.SimpleQueue()
-        self.ingest = (MqttIngest(broker_url, self.queue, client_id, tls=broker_tls)
+        self.ingest = (MqttIngest(broker_url, self.queue, client_id, tls=broker_tls,
+                                  extra=OTA_SUBSCRIPTIONS if ota is not None else (),
+                                  on_extra=self._ota_message)
                        if broker_url else None)
         # links without acks (serial, BLE): started and stopped beside MQTT
         self.links: list = []
@@ -119,6 +127,9 @@ class Gateway:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._loop_tick = time.monotonic()
+        self.ota = None
+        if ota is not None and self.ingest is not None:
+            self.ota = OtaServer(ota, self.gateway_id, self._zone_of, self.ingest.send)
         self.health = Health(self)
         self.health_port = health_port  # None: no HTTP endpoint; 0: any free port
         self.heartbeat_s = heartbeat_s
@@ -155,6 +166,9 @@ class Gateway:
                                cfg.path_of("mqtt", "key_file"))
             if m["url"].startswith("mqtts://") else None,
             keyring_source=source,
+            ota=OtaSettings(cfg.path_of("ota", "releases"), cfg.path_of("ota", "offers"),
+                            cfg["ota"]["chunk_bytes"], cfg["ota"]["offer_every_s"])
+            if cfg["ota"]["releases"] else None,
         )
         gw.forwarder.batch_max = st["batch_max"]
         return gw
@@ -226,22 +240,39 @@ class Gateway:
                 self.rejections = (self.rejections + [r])[-20:]
         if readings:
             self.forwarder.wake()
-            unsynced = [r for r in readings if r.time_estimated]
-            if unsynced:
-                self._send_time(unsynced, envelopes, results)
+            self._send_time([r for r in readings if r.time_estimated], envelopes, results)
+            if self.ota is not None:
+                ota = self.ota
+                nodes = {r.node for r in readings}
+                self._send_time([r for r in readings if ota.awaiting_confirmation(r.node)],
+                                envelopes, results, TIME_DOWNLINK_TRIAL_EVERY_S)
+                ota.on_frames(nodes)
         return results
 
-    def _send_time(self, unsynced: list[Reading], envelopes: list[Envelope],
-                   results: list) -> None:
+    def _ota_message(self, topic: str, payload: bytes) -> None:
+        if self.ota is not None:
+            self.ota.on_message(topic, payload)
+
+    def _zone_of(self, node: str) -> str | None:
+        """The keyring's zone of a node name (gateway/ota.py), or None."""
+        try:
+            entry = self.verifier.keyring.get(int(node, 16))
+        except ValueError:
+            return None
+        return entry.zone if entry is not None else None
+
+    def _send_time(self, unsynced: list[Reading], envelopes: list[Envelope], results: list,
+                   every_s: float = TIME_DOWNLINK_EVERY_S) -> None:
         """Nodes without a clock get the gateway's time on their downlink topic, signed with
-        their key (firmware/uplink/mqtt.py: encode_time), at most once a minute each.
-        Signed with the key id of the node's frame: during a key rotation the keyring holds
-        two keys, and a node accepts time only under the key id it uses."""
+        their key (firmware/uplink/mqtt.py: encode_time), at most once a minute each (every
+        TIME_DOWNLINK_TRIAL_EVERY_S for a node on trial).  Signed with the key id of the
+        node's frame: during a key rotation the keyring holds two keys, and a node accepts
+        time only under the key id it uses."""
         if self.ingest is None or not unsynced:
             return
         # byte 3 of a frame is its key id (docs/protocol.md §2)
         key_ids = {r.node: env.payload[3] for env, r in zip(envelopes, results, strict=True)
-                   if type(r) is Reading and r.time_estimated}
+                   if type(r) is Reading}
         now = time.time()
         for r in unsynced:
             node_id = int(r.node, 16)
@@ -249,7 +280,7 @@ class Gateway:
             window = self.verifier.windows.get(node_id)
             if entry is None or window is None or not entry.keys:
                 continue
-            if now - self._time_sent.get(node_id, 0.0) < TIME_DOWNLINK_EVERY_S:
+            if now - self._time_sent.get(node_id, 0.0) < every_s:
                 continue
             key_id = key_ids.get(r.node, max(entry.keys))
             if key_id not in entry.keys:
@@ -269,6 +300,11 @@ class Gateway:
         """Periodic duties: the buffer's bounds, the heartbeat to the store."""
         if self.outbox.enforce_bounds():
             self.alerts["buffer_evicting"] = time.time()
+            self.forwarder.wake()
+        if self.ota is not None:
+            self.ota.tick()
+            for point in self.ota.take_points():
+                self.outbox.add_point(point)
             self.forwarder.wake()
         if time.monotonic() >= self._next_heartbeat:
             self._next_heartbeat = time.monotonic() + self.heartbeat_s

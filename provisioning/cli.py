@@ -125,6 +125,9 @@ def _enrol_args(p: argparse.ArgumentParser) -> None:
                    "digits), instead of --zone/--site/--kind")
     p.add_argument("--fleet-key", metavar="PUB",
                    help="the fleet's enrolment public key (default WORK_DIR/enrol-x25519.pub)")
+    p.add_argument("--release-pub", metavar="FILE",
+                   help="the fleet's release public key (release.pub): written to the node as "
+                   "/release.pub, the key it takes firmware updates over the air from")
     p.add_argument("--broker-host", default="gateway.local",
                    help="the MQTT broker the node reports to (default gateway.local)")
     p.add_argument("--broker-port", type=int, help="default 1883")
@@ -169,6 +172,10 @@ def work_dir(args) -> Path:
 def fleet_key_path(args) -> Path:
     return Path(args.fleet_key) if getattr(args, "fleet_key", None) else \
         work_dir(args) / "enrol-x25519.pub"
+
+
+def release_pub_path(args) -> Path | None:
+    return Path(args.release_pub) if getattr(args, "release_pub", None) else None
 
 
 def bundle_path(args) -> Path:
@@ -264,13 +271,16 @@ def command_enrol(args) -> int:
         done = enrolment.enrol(
             link, info, placement, fleet_key_path(args), bundle_path(args),
             broker_from_args(args), wifi_from_args(args),
-            Path(args.keyring) if args.keyring else None, args.force)
+            Path(args.keyring) if args.keyring else None, args.force,
+            release_pub=release_pub_path(args))
     what = "was enrolled already as" if done.already else "enrolled as"
     emit(args, {"node": done.node, "kind": done.kind, "zone": done.zone, "site": done.site,
                 "board": done.board, "enrolled_at": done.enrolled_at,
-                "already": done.already, "bundle": str(bundle_path(args))},
+                "already": done.already, "bundle": str(bundle_path(args)),
+                "release_pub": done.release_pub},
          [f"board {what} node {done.node} ({done.kind}, {done.zone}/{done.site}); key sealed "
-          f"in {bundle_path(args)} (hand it to the fleet operator: `dordt fleet import`)"])
+          f"in {bundle_path(args)} (hand it to the fleet operator: `dordt fleet import`)"
+          + ("; release key written to /release.pub" if done.release_pub else "")])
     return 0
 
 

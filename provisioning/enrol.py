@@ -51,6 +51,7 @@ class Enrolment:
     enrolled_at: str
     fingerprint: str
     already: bool = False  # the board and the bundle held this enrolment before
+    release_pub: bool = False  # the fleet's release key was written to /release.pub
 
     def public(self) -> dict:
         return {"node": self.node, "kind": self.kind, "zone": self.zone, "site": self.site}
@@ -112,7 +113,8 @@ def config_doc(p: NodePlacement, profile: Board, broker: dict,
     doc = {"version": node_config.VERSION, "node_id": protocol.node_name(p.node_id),
            "kind": p.kind, "zone": p.zone, "site": p.site, "key_id": 0,
            "key_file": node_config.KEY_FILE, "broker": broker,
-           "board": {"pins": board_pins(profile)}}
+           # the profile: an update over the air must be for this board (docs/ota.md §2)
+           "board": {"pins": board_pins(profile), "profile": profile.id}}
     if wifi:
         doc["wifi"] = wifi
     return doc
@@ -132,8 +134,12 @@ def _board_node(link: BoardLink) -> dict | None:
 def enrol(link: BoardLink, info: BoardInfo, p: NodePlacement, recipient_path: Path,
           bundle_path: Path, broker: dict, wifi: dict | None = None,
           keyring_path: Path | None = None, force: bool = False,
-          clock=dt.datetime.now) -> Enrolment:
+          clock=dt.datetime.now, release_pub: Path | None = None) -> Enrolment:
+    """Enrol the board; with `release_pub` (the fleet's release.pub) also put that key on
+    the board as /release.pub, the only key it takes firmware over the air from
+    (docs/ota.md §1), also when the board was enrolled before."""
     profile = info.profile
+    release_pub_text = _release_pub_text(release_pub) if release_pub is not None else None
     if profile is None:
         raise UserError(f"this tool has no profile for the board ({info.machine}): it "
                         "enrols the boards in hardware/data/boards/", EXIT_BAD_INPUT)
@@ -153,8 +159,11 @@ def enrol(link: BoardLink, info: BoardInfo, p: NodePlacement, recipient_path: Pa
     if earlier is not None:
         if on_board and on_board["node"] == node and \
                 on_board["fingerprint"] == earlier["fingerprint"]:
+            if release_pub_text is not None:
+                _write_release_pub(link, release_pub_text)
             return Enrolment(node, p.kind, p.zone, p.site, earlier["board"],
-                             earlier["enrolled_at"], earlier["fingerprint"], already=True)
+                             earlier["enrolled_at"], earlier["fingerprint"], already=True,
+                             release_pub=release_pub_text is not None)
         raise UserError(f"node {node} was enrolled already (at {earlier['enrolled_at']}, "
                         f"recorded in {bundle_path}): a node id is enrolled once; check the "
                         "label, or have the fleet operator revoke it before a new board takes "
@@ -206,7 +215,36 @@ def enrol(link: BoardLink, info: BoardInfo, p: NodePlacement, recipient_path: Pa
         raise UserError(f"could not record the enrolment in {bundle_path} ({exc.strerror}): "
                         "the key was removed from the board again; free space or pick "
                         "another --work-dir and enrol again", 1) from None
-    return Enrolment(node, p.kind, p.zone, p.site, profile.id, enrolled_at, fingerprint)
+    if release_pub_text is not None:
+        # After the bundle: a board that did not keep it is enrolled, and enrol run again
+        # (the "enrolled already" path above) writes the release key once more.
+        _write_release_pub(link, release_pub_text)
+    return Enrolment(node, p.kind, p.zone, p.site, profile.id, enrolled_at, fingerprint,
+                     release_pub=release_pub_text is not None)
+
+
+def _release_pub_text(path: Path) -> str:
+    from fleet.release import ReleaseError, load_public_key
+
+    try:
+        return load_public_key(path).hex() + "\n"  # 64 hex digits, as the node reads it
+    except ReleaseError as exc:
+        raise UserError(f"--release-pub: {exc}", EXIT_BAD_INPUT) from None
+
+
+def _write_release_pub(link: BoardLink, text: str) -> None:
+    from firmware.ota_verify import RELEASE_PUB
+
+    link.exec(f"from firmware import hal\nhal.Flash('/').replace({RELEASE_PUB!r}, "
+              f"{text.encode()!r})\n", "writing the fleet's release key")
+    back = link.exec_json("import json\nfrom firmware import hal\n"
+                          f"d = hal.Flash('/').read({RELEASE_PUB!r})\n"
+                          "print(json.dumps(d.decode() if d else None))\n",
+                          "reading the release key back")
+    if back != text:
+        raise UserError(f"the board did not keep /{RELEASE_PUB} (its flash may be failing): "
+                        "the node is enrolled but takes no update over the air; run enrol "
+                        "again with --release-pub", 1)
 
 
 def _write_board(link: BoardLink, doc: dict, key: bytes) -> None:

@@ -9,9 +9,20 @@ carries emulated hardware as "ROM" modules (on sys.path, not in its file system)
 `machine` (I2C with a BME680 at 0x77, UART with an SDS011 or PMS5003, I2S microphone
 hearing a 1 kHz tone at 94 dB SPL, Pin, WDT, RTC, unique_id, reset_cause, freq, reset),
 `bluetooth` (passive scans delivering phones' advertisements), `network` (a WLAN that
-never connects unless told) and `vboard` (which profile it emulates).  Their data are made
-here by the emulators of simulators/emulators/, which cannot run under MicroPython
-(dataclasses): register dumps, measurement fields, sensor frames, PCM and advertisements.
+joins only when the board is made with `wifi=True` or told to), `socket` (TCP to
+127.0.0.1 only, carried by the host: provisioning/vboard_net.py), micropython-lib's
+`umqtt.simple` (as an ESP32 image freezes it; fetched by `make setup-test`) and `vboard`
+(which profile it emulates).  Their data are made here by the emulators of
+simulators/emulators/, which cannot run under MicroPython (dataclasses): register dumps,
+measurement fields, sensor frames, PCM and advertisements.
+
+Network: a node on the board talks MQTT to a real broker on this machine through the
+unmodified firmware/board.py (UmqttClient over umqtt.simple over `socket`): board.mjs
+sends each socket call down a pipe pair to this process (`VirtualBoard.net`, a
+vboard_net.NetLink), which makes it on a real TCP socket and answers within the socket's
+timeout.  Any address but 127.0.0.1 is refused with OSError(EHOSTUNREACH); a receive past
+its timeout raises OSError(ETIMEDOUT); unplugging, resetting or killing the board closes
+its connections (the broker sees them drop).  No TLS (`ssl`), UDP or server sockets.
 
 A running board leaves a discovery record (JSON) in the runtime directory
 ($DORDT_VIRTUAL_BOARDS_DIR, else $XDG_RUNTIME_DIR/dordt/virtual-boards, else
@@ -30,7 +41,8 @@ Limits (docs/technician-guide.md): main.py is never run (the port cannot interru
 loop, and a node's main loop never returns); Ctrl-C only acts between commands, so callers
 need timeouts and a hard reset for a runaway program; time.sleep busy-waits; interrupts
 (BLE scan results) are delivered only while the program sleeps; sys.platform is
-"webassembly"; no sockets (Wi-Fi never carries traffic).
+"webassembly"; while a socket call waits, only Ctrl-C (KeyboardInterrupt) or its timeout
+ends it; no TLS, UDP or name resolution.
 """
 
 from __future__ import annotations
@@ -52,6 +64,7 @@ import tty
 from pathlib import Path
 
 from dordt.errors import UserError
+from provisioning.vboard_net import ROM_SOCKET, ROM_USOCKET, NetLink, umqtt_source
 
 REPO = Path(__file__).resolve().parents[1]
 MICROPYTHON_DIR = REPO / "tools" / "micropython"
@@ -564,7 +577,7 @@ class BLE:
 
 ROM_NETWORK = '''\
 # network, as the virtual board provides it: a WLAN that joins only when
-# vboard.wifi_connects is True (it carries no traffic: this board has no sockets)
+# vboard.wifi_connects is True (traffic goes through `socket`, to 127.0.0.1 only)
 import _vb_time
 import vboard
 
@@ -625,7 +638,7 @@ class WLAN:
 
 
 def _rom_vboard(profile, usb_vid, usb_pid, unique_id, pm_sensor, pm_frame_bytes, sleep_cmd,
-                wake_cmd, cpu_hz, bme680=True):
+                wake_cmd, cpu_hz, bme680=True, wifi=False):
     return (
         "# Which board this virtual board emulates, and its emulated parts' settings.\n"
         f"PROFILE = {profile!r}\n"
@@ -641,7 +654,7 @@ def _rom_vboard(profile, usb_vid, usb_pid, unique_id, pm_sensor, pm_frame_bytes,
         f"TONE_HZ = {TONE_HZ}\n"
         f"TONE_SPL_DB = {TONE_SPL_DB}\n"
         f"BLE_LOOP_MS = {BLE_LOOP_MS}\n"
-        "wifi_connects = False  # set True and WLAN.connect() joins after a second\n"
+        f"wifi_connects = {bool(wifi)}  # True: WLAN.connect() joins after a second\n"
     )
 
 
@@ -727,8 +740,9 @@ def _ble_adverts() -> bytes:
 
 
 def write_rom(rom_dir: Path, profile: str, unique_id: bytes, pm_sensor: str,
-              bme680: bool = True) -> None:
-    """The ROM modules and their data, for board.mjs --rom."""
+              bme680: bool = True, wifi: bool = False) -> None:
+    """The ROM modules and their data, for board.mjs --rom.  umqtt.simple is left out
+    when setup has not fetched it (an import of it then fails on the board)."""
     from hardware.profiles import load_boards
 
     board = load_boards()[profile]
@@ -739,12 +753,16 @@ def write_rom(rom_dir: Path, profile: str, unique_id: bytes, pm_sensor: str,
     data.mkdir(parents=True, exist_ok=True)
     modules = {
         "_vboard_irq.py": ROM_IRQ, "machine.py": ROM_MACHINE, "bluetooth.py": ROM_BLUETOOTH,
-        "network.py": ROM_NETWORK,
+        "network.py": ROM_NETWORK, "socket.py": ROM_SOCKET, "usocket.py": ROM_USOCKET,
         "vboard.py": _rom_vboard(profile, usb.vid, usb.pid, unique_id, pm_sensor, frame_bytes,
-                                 sleep_cmd, wake_cmd, cpu_hz, bme680),
+                                 sleep_cmd, wake_cmd, cpu_hz, bme680, wifi),
     }
     for name, text in modules.items():
         (rom_dir / name).write_text(text, encoding="utf-8")
+    umqtt = umqtt_source()
+    if umqtt is not None:
+        (rom_dir / "umqtt").mkdir(exist_ok=True)
+        (rom_dir / "umqtt" / "simple.py").write_bytes(umqtt)
     regs, fields = _bme680_data()
     files = {"bme680_regs.bin": regs, "bme680_fields.bin": fields, "pm_frames.bin": frames,
              "pm_reply_sleep.bin": reply_sleep, "pm_reply_wake.bin": reply_wake,
@@ -820,10 +838,17 @@ class VirtualBoard:
     file system partition.
     pm_sensor: which particulate sensor is on the UART ("sds011" or "pms5003").
     bme680: False leaves the I2C bus empty (a board whose BME680 is missing or unwired).
+    wifi: True makes network.WLAN join (isconnected() a second after connect()), so a node
+    firmware goes on to MQTT; sockets work either way.
+
+    `net` is the host end of its network (vboard_net.NetLink), a new one at every power-on
+    (start, plug, reset): its `connects` lists the addresses the board tried,
+    `open_sockets()` counts its sockets, `drop()` / `drop_after_received(n)` cut its
+    connections (a Wi-Fi drop, now or after n more bytes in).
     """
 
     def __init__(self, flash_dir, profile=DEFAULT_PROFILE, link=None, flash_bytes=None,
-                 pm_sensor="sds011", bme680=True):
+                 pm_sensor="sds011", bme680=True, wifi=False):
         from hardware.profiles import load_boards
 
         boards = load_boards()
@@ -843,6 +868,8 @@ class VirtualBoard:
         self.flash_bytes = int(flash_bytes)
         self.pm_sensor = pm_sensor
         self.bme680 = bme680
+        self.wifi = bool(wifi)
+        self.net = None
         self.unique_id = hashlib.sha256(str(self.flash_dir).encode()).digest()[:6]
         self.usb_vid = self.board.usb[0].vid
         self.usb_pid = self.board.usb[0].pid
@@ -878,7 +905,8 @@ class VirtualBoard:
         self.flash_dir.mkdir(parents=True, exist_ok=True)
         self._rom_dir = Path(tempfile.mkdtemp(prefix="dordt-vboard-rom-"))
         try:
-            write_rom(self._rom_dir, self.profile, self.unique_id, self.pm_sensor, self.bme680)
+            write_rom(self._rom_dir, self.profile, self.unique_id, self.pm_sensor, self.bme680,
+                      self.wifi)
             self.plug()
         except BaseException:
             self.stop()  # a board that did not start leaves no ROM folder behind
@@ -968,12 +996,19 @@ class VirtualBoard:
 
     def _start_node(self, reset_cause: int) -> None:
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115  # closed in _kill_node
-        self._proc = subprocess.Popen(
-            [self._node_bin, str(BOARD_SCRIPT), "--flash", str(self.flash_dir),
-             "--rom", str(self._rom_dir), "--flash-bytes", str(self.flash_bytes),
-             "--reset-cause", str(reset_cause)],
-            cwd=MICROPYTHON_DIR, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=self._stderr, bufsize=0, start_new_session=True)
+        self.net = NetLink()
+        try:
+            self._proc = subprocess.Popen(
+                [self._node_bin, str(BOARD_SCRIPT), "--flash", str(self.flash_dir),
+                 "--rom", str(self._rom_dir), "--flash-bytes", str(self.flash_bytes),
+                 "--reset-cause", str(reset_cause), *self.net.argv()],
+                cwd=MICROPYTHON_DIR, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=self._stderr, bufsize=0, start_new_session=True,
+                pass_fds=self.net.child_fds)
+        except BaseException:
+            self.net.close()
+            raise
+        self.net.started()
         os.set_blocking(self._proc.stdout.fileno(), False)
         self._wait_for_boot()
 
@@ -1011,6 +1046,8 @@ class VirtualBoard:
                     f.close()
                 except OSError:
                     pass
+        if self.net is not None:
+            self.net.close()  # its TCP connections drop with the power
         if self._stderr is not None:
             self._stderr.close()
             self._stderr = None
@@ -1102,6 +1139,8 @@ class VirtualBoard:
 
     def _to_board(self, node_in, data: bytes) -> bool:
         """Forward host bytes; False once a drop_after() fault has pulled the cable."""
+        if b"\x03" in data and self.net is not None:
+            self.net.interrupt()  # ends a socket call the board waits in (KeyboardInterrupt)
         budget = self._drop_budget
         cut = budget is not None and len(data) >= budget
         if cut:
@@ -1160,13 +1199,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="particulate sensor on the board's UART (default: %(default)s)")
     parser.add_argument("--no-bme680", dest="bme680", action="store_false",
                         help="no BME680 on the I2C bus (practise a wiring fault)")
+    parser.add_argument("--wifi", action="store_true",
+                        help="the board's Wi-Fi joins (so a node goes on to MQTT; its sockets "
+                        "reach 127.0.0.1 only)")
 
 
 def command_virtual_board(args) -> int:
     flash = args.flash or default_flash_dir(args.board)
     board = VirtualBoard(flash, profile=args.board, link=args.link,
                          pm_sensor=getattr(args, "pm_sensor", "sds011"),
-                         bme680=getattr(args, "bme680", True))
+                         bme680=getattr(args, "bme680", True),
+                         wifi=getattr(args, "wifi", False))
     stopping = threading.Event()
 
     def on_signal(signum, frame):
@@ -1179,6 +1222,8 @@ def command_virtual_board(args) -> int:
         usb = f"{board.usb_vid:04x}:{board.usb_pid:04x}"
         print(f"virtual board {args.board} (USB {usb}) on {port}")
         print(f"  flash: {board.flash_dir}")
+        if board.wifi:
+            print("  wifi:  joins; its sockets reach 127.0.0.1 only")
         print(f"  try:   mpremote connect {port} ls")
         print(f"         dordt provision run --port {port}")
         print("  Ctrl-C stops the board.", flush=True)

@@ -122,7 +122,7 @@ def run_board(plan: BoardPlan, args, report: Report) -> RunResult:
                 link, info, placement, cli.fleet_key_path(args), cli.bundle_path(args),
                 cli.broker_from_args(args), cli.wifi_from_args(args),
                 Path(args.keyring) if getattr(args, "keyring", None) else None,
-                getattr(args, "force", False))
+                getattr(args, "force", False), release_pub=cli.release_pub_path(args))
             state.record("enrol", True, "enrolled earlier" if done.already else "enrolled",
                          fingerprint=done.fingerprint)
 
@@ -199,6 +199,7 @@ def add_batch_arguments(p) -> None:
     p.add_argument("--board", metavar="PROFILE", help="the board type every board must be")
     p.add_argument("--timeout", type=float, default=10.0, metavar="S")
     p.add_argument("--fleet-key", metavar="PUB")
+    p.add_argument("--release-pub", metavar="FILE")
     p.add_argument("--broker-host", default="gateway.local")
     p.add_argument("--broker-port", type=int)
     p.add_argument("--wifi-ssid")

@@ -15,3 +15,4 @@ def wait_until(predicate: Callable[[], object], timeout_s: float, what: str,
             return
         time.sleep(poll_s)
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+

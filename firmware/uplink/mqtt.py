@@ -38,6 +38,12 @@
 # its counter ahead at every boot (§6.1), so a message made before this boot (a replay, or
 # one delayed in the broker) carries a lower counter and is ignored.
 #
+# Over-the-air updates (docs/ota.md §3): the node subscribes to .../ota/offer and
+# .../ota/chunk (QoS 1) and hands each message to on_ota(suffix, msg) ("offer" or "chunk");
+# publish_ota(suffix, body) sends its `get` and `state` messages (QoS 1) straight away,
+# beside the ring (they are not frames and need no order with them), and returns False
+# while the link is down (firmware/ota.py asks again later).
+#
 # RAM: the ring's bytearray (broker.ring_bytes, default 8 KB) and the client's buffers.
 
 import struct
@@ -53,6 +59,11 @@ _TIME_MIN_S = 1577836800  # 2020-01-01T00:00:00Z: anything earlier is a broken c
 
 def topic_down(zone, node_id):
     return "%s/%s/%s/down" % (protocol.TOPIC_ROOT, zone, protocol.node_name(node_id))
+
+
+def topic_ota(zone, node_id, suffix=""):
+    """dordt/v1/<zone>/<node>/ota/<suffix> (docs/ota.md §3)."""
+    return "%s/%s/%s/ota/%s" % (protocol.TOPIC_ROOT, zone, protocol.node_name(node_id), suffix)
 
 
 def encode_time(key, node_id, counter, unix_s, key_id=0):
@@ -82,7 +93,7 @@ class MqttUplink:
 
     def __init__(
         self, net, clock, broker, zone, node_id, key, key_id=0, first_counter=0, rng=None,
-        wdt=None, on_time=None, tls_paths=None, retry_min_s=2, retry_max_s=300,
+        wdt=None, on_time=None, tls_paths=None, retry_min_s=2, retry_max_s=300, on_ota=None,
     ):
         self._net = net
         self._clock = clock
@@ -93,6 +104,8 @@ class MqttUplink:
         self._node_id = node_id
         self.topic = protocol.topic_up(zone, node_id)
         self.topic_down = topic_down(zone, node_id)
+        self.topic_ota = topic_ota(zone, node_id)
+        self.on_ota = on_ota  # f(suffix, msg) for offer and chunk messages (firmware/ota.py)
         self._host = broker["host"]
         self._port = broker["port"]
         self._client_id = broker["client_id"]
@@ -161,6 +174,25 @@ class MqttUplink:
             return max(0, min(due, 1000))
         return 1000
 
+    def publish_ota(self, suffix, body):
+        """Publish an OTA message (docs/ota.md §3) now; False when the link is down."""
+        client = self._client
+        if not self.connected or client is None:
+            return False
+        try:
+            client.publish(self.topic_ota + suffix, body, qos=1)
+        except Exception as exc:
+            self._down(self._clock.ticks_ms(), exc)
+            return False
+        self._last_tx = self._clock.ticks_ms()
+        return True
+
+    def poll(self):
+        """Read one downlink message, if the link is up (firmware/ota.py, while it waits
+        for a chunk)."""
+        if self.connected:
+            self._poll_downlink()
+
     def close(self):
         client, self._client = self._client, None
         self.connected = False
@@ -189,6 +221,8 @@ class MqttUplink:
             client.connect()
             if hasattr(client, "subscribe"):
                 client.subscribe(self.topic_down, 0)
+                client.subscribe(self.topic_ota + "offer", 1)
+                client.subscribe(self.topic_ota + "chunk", 1)
         except Exception as exc:  # OSError, umqtt's MQTTException: the link is down
             self._down(now_ms, exc)
             return
@@ -260,6 +294,8 @@ class MqttUplink:
         if isinstance(topic, (bytes, bytearray)):
             topic = topic.decode()
         if topic != self.topic_down:
+            if self.on_ota is not None and topic.startswith(self.topic_ota):
+                self.on_ota(topic[len(self.topic_ota):], msg)
             return
         got = decode_time(msg, self._key, self._node_id, self._key_id)
         if got is None:

@@ -58,9 +58,15 @@ def uses_tls(url: str) -> bool:
 
 
 class MqttIngest:
+    """`extra`: more subscriptions on this same session, [(topic filter, qos)], whose
+    messages go to `on_extra(topic, payload)` on paho's thread and are acked at once (the
+    OTA server's requests, gateway/ota.py: a broker that takes the client id from the
+    certificate, use_username_as_clientid, allows the gateway one session only)."""
+
     def __init__(self, broker_url: str,
                  out: queue.Queue[Envelope] | queue.SimpleQueue[Envelope], client_id: str,
-                 topic: str = SUBSCRIPTION, tls: MqttTls | None = None):
+                 topic: str = SUBSCRIPTION, tls: MqttTls | None = None,
+                 extra: list[tuple[str, int]] = (), on_extra=None):
         self.host, self.port = parse_broker_url(broker_url)
         if uses_tls(broker_url) != (tls is not None):
             raise ValueError(
@@ -70,6 +76,8 @@ class MqttIngest:
                     "TLS files were given, so use mqtts://HOST[:PORT]"))
         self.out = out
         self.topic = topic
+        self.extra = list(extra)
+        self.on_extra = on_extra
         self.connected = threading.Event()
         # Set when the broker confirmed the subscription (SUBACK): only then does a frame
         # published by anyone reach this session.  `connected` alone is set at CONNACK,
@@ -126,7 +134,7 @@ class MqttIngest:
             return
         self.connects += 1
         client.on_log = None  # the certificate was taken; no formatting of log lines per frame
-        client.subscribe(self.topic, qos=1)
+        client.subscribe([(self.topic, 1)] + self.extra)
         self.connected.set()
         log.info("connected to broker %s:%d (session present: %s)", self.host, self.port,
                  flags.session_present)
@@ -153,6 +161,14 @@ class MqttIngest:
 
     def _on_message(self, client, userdata, message) -> None:
         mid, qos, session = message.mid, message.qos, self.connects
+        if self.extra and not message.topic.endswith("/up"):
+            try:
+                if self.on_extra is not None:
+                    self.on_extra(message.topic, bytes(message.payload))
+            finally:
+                if qos and self.connected.is_set():
+                    client.ack(mid, qos)
+            return
 
         def ack() -> None:
             # A message id is only meaningful on the connection it came on: after a

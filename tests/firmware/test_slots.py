@@ -93,6 +93,31 @@ def test_a_trial_that_never_confirms_rolls_back(tmp_path, build):
     assert pointer["slot"] == "a" and pointer["rolled_back_from"] == "b"
 
 
+@pytest.mark.parametrize("cause", [2, 5])  # machine.reset() is hard on some ports, soft on others
+def test_failed_health_checks_count_once_each_whatever_reset_follows(tmp_path, build,
+                                                                     monkeypatch, cause):
+    root = str(tmp_path)
+    stage(tmp_path, "a", build)
+    slots.switch("a", build.manifest_sha256, root)
+    stage(tmp_path, "b", build)
+    slots.switch("b", build.manifest_sha256, root, trial=True)
+    monkeypatch.setattr(slots, "_reset_cause", lambda: cause)
+    attempts = 0
+    while True:
+        try:
+            slots.boot("b", root)  # boot.py after the node's reset
+        except slots.SlotError as exc:
+            assert "not confirmed" in str(exc)
+            break
+        attempts += 1
+        slots.fail_trial(root)  # firmware/ota.py: not healthy in time
+        slots.fail_trial(root)  # a second call before the reset counts nothing more
+    # a soft reset after the switch itself is not a counted boot: one more attempt then
+    assert attempts == slots.MAX_TRIAL_BOOTS + (1 if cause == 5 else 0)
+    slots.boot("a", root)
+    assert slots.read_pointer(root)["rolled_back_from"] == "b"
+
+
 def test_confirm_ends_the_trial(tmp_path, build):
     root = str(tmp_path)
     stage(tmp_path, "a", build)

@@ -20,7 +20,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 REGRESSIONS = Path(__file__).resolve().parent / "regressions"
 TARGETS = ["frame", "metrics", "serial", "ble", "time_downlink", "recording", "keyring",
-           "policy", "config", "lines", "verify_batches", "signed_keyring", "rekey"]
+           "policy", "config", "lines", "verify_batches", "signed_keyring", "rekey",
+           "release"]
 C_TARGETS = ["frame", "metrics"]
 SMOKE_S = 2
 

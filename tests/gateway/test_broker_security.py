@@ -314,8 +314,12 @@ def test_the_shipped_configuration_has_the_options_the_issue_asks_for(ca):
     assert "allow_anonymous true" not in conf
     acl = [line for line in files[ACL].splitlines() if line and not line.startswith("#")]
     assert acl == ["pattern write dordt/v1/+/%u/up", "pattern read dordt/v1/+/%u/down",
+                   "pattern write dordt/v1/+/%u/ota/get", "pattern write dordt/v1/+/%u/ota/state",
+                   "pattern read dordt/v1/+/%u/ota/offer", "pattern read dordt/v1/+/%u/ota/chunk",
                    f"user {GATEWAY}", "topic read dordt/v1/+/+/up",
-                   "topic write dordt/v1/+/+/down"]
+                   "topic write dordt/v1/+/+/down",
+                   "topic read dordt/v1/+/+/ota/get", "topic read dordt/v1/+/+/ota/state",
+                   "topic write dordt/v1/+/+/ota/offer", "topic write dordt/v1/+/+/ota/chunk"]
 
 
 def test_the_loopback_listener_appears_only_when_configured(ca):
@@ -324,7 +328,9 @@ def test_the_loopback_listener_appears_only_when_configured(ca):
     assert conf[conf.index("listener 1883 127.0.0.1") + 1:][:2] == [
         "allow_anonymous true", "acl_file /b/acl-local"]
     assert [line for line in files[ACL_LOCAL].splitlines() if not line.startswith("#")] == [
-        "topic read dordt/v1/+/+/up", "topic write dordt/v1/+/+/down"]
+        "topic read dordt/v1/+/+/up", "topic write dordt/v1/+/+/down",
+        "topic read dordt/v1/+/+/ota/get", "topic read dordt/v1/+/+/ota/state",
+        "topic write dordt/v1/+/+/ota/offer", "topic write dordt/v1/+/+/ota/chunk"]
 
 
 def test_install_copies_the_tls_files_with_a_readable_key_for_the_brokers_group(ca, tmp_path):

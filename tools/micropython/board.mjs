@@ -29,12 +29,26 @@
 //      map them (file-object methods other than write-past-the-size-limit keep WASI
 //      numbers: a known limit).  --flash-bytes N makes writes past N bytes of files fail
 //      with ENOSPC (28).
+// Network: with --net-fds R,W the ROM's `socket` module (provisioning/vboard_net.py) has
+//      TCP through the host: `_vboard_host.net(request)` writes one request line to fd W
+//      and blocks (fs.readSync, as a board blocks in a socket call) until the host's reply
+//      line arrives on fd R.  virtual_board.py answers on real TCP sockets to 127.0.0.1
+//      only; its reply bounds every wait by the socket's timeout, so a recv that times out
+//      raises OSError(ETIMEDOUT) on the board instead of hanging it (and Ctrl-C from the
+//      host, seen by virtual_board.py, ends a waiting call in KeyboardInterrupt: this
+//      process cannot read stdin while Python runs).  Pending output is flushed before
+//      each call, so the host sees what the board printed before it blocked.  Every new
+//      interpreter (soft reset) closes the previous one's sockets, as a board's soft reset
+//      does; the process ending (power off, kill) closes them all on the host side.
+//      Without --net-fds every socket call fails with ENETUNREACH.  os.urandom (absent
+//      from this port) comes from Node's crypto.randomBytes.
 // On failure: a JS error inside the interpreter prints a line to stderr and the board
 //      reboots (as a crashed board would); stdin closing is the power going off: exit 0.
 //
 // Usage: node board.mjs --flash DIR [--rom DIR] [--flash-bytes N] [--heap-bytes N]
-//                       [--reset-cause N]
+//                       [--reset-cause N] [--net-fds R,W]
 
+import crypto from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 import { loadMicroPython } from "@micropython/micropython-webassembly-pyscript";
@@ -46,6 +60,8 @@ const TMP_SUFFIX = ".vboard-tmp"; // host-side temp files of the atomic write-ba
 const CTRL_A = 0x01, CTRL_B = 0x02, CTRL_C = 0x03, CTRL_D = 0x04, CTRL_E = 0x05;
 // machine.reset_cause() numbering (MicroPython docs, machine module)
 const PWRON_RESET = 1;
+// MicroPython's errno numbering (py/mperrno.h)
+const ENETUNREACH = 101, ECONNABORTED = 103;
 
 // The Python side of the fixes above, run in every new interpreter before boot.py.
 // _vb_os / _vb_time are the port's own modules; /rom/os.py and /rom/time.py (shipped by
@@ -188,6 +204,13 @@ def chdir(p):
         _vb_os.chdir(p)
     except OSError as e:
         raise _remap(e)
+
+
+def urandom(n):
+    # a board's hardware RNG (this port's os has none): Node's crypto.randomBytes
+    import _vboard_host
+    from binascii import unhexlify
+    return unhexlify(_vboard_host.urandom_hex(n))
 `;
 
 // /rom/time.py fallback: sleeps give the board's emulated interrupts (BLE scan results,
@@ -225,7 +248,8 @@ def sleep_us(us):
 `;
 
 function parseArgs(argv) {
-  const args = { flash: null, rom: null, flashBytes: 0, heapBytes: 2 * 1024 * 1024, resetCause: PWRON_RESET };
+  const args = { flash: null, rom: null, flashBytes: 0, heapBytes: 2 * 1024 * 1024, resetCause: PWRON_RESET,
+    netFds: null };
   for (let i = 0; i < argv.length; i++) {
     const key = argv[i];
     const value = argv[i + 1];
@@ -236,6 +260,11 @@ function parseArgs(argv) {
     else if (key === "--flash-bytes") args.flashBytes = parseInt(value, 10);
     else if (key === "--heap-bytes") args.heapBytes = parseInt(value, 10);
     else if (key === "--reset-cause") args.resetCause = parseInt(value, 10);
+    else if (key === "--net-fds") {
+      const fds = value.split(",").map((v) => parseInt(v, 10));
+      if (fds.length !== 2 || fds.some((fd) => !(fd >= 0))) fail("--net-fds takes R,W");
+      args.netFds = { read: fds[0], write: fds[1] };
+    }
     else fail(`unknown option ${key}`);
   }
   if (!args.flash) fail("--flash DIR is required");
@@ -328,6 +357,8 @@ class Board {
     this.resetCause = args.resetCause;
     this.resetRequest = 0; // set from Python (machine.reset) before it raises SystemExit
     this.wdtDeadline = 0;
+    this.netIn = Buffer.alloc(0); // bytes of the host's next reply line(s)
+    this.netDown = false;
     this.host = this.makeHost();
   }
 
@@ -346,7 +377,42 @@ class Board {
       wdt_arm: (timeoutMs) => {
         board.wdtDeadline = Date.now() + timeoutMs;
       },
+      net: (request) => board.netCall(request),
+      urandom_hex: (n) => crypto.randomBytes(n).toString("hex"),
     };
+  }
+
+  // One request line to the host's network service, its reply line back (both without
+  // the newline).  Blocks the interpreter, as a socket call blocks a board.
+  netCall(request) {
+    const fds = this.args.netFds;
+    if (!fds || this.netDown) return `E ${ENETUNREACH} virtual board: no network link`;
+    this.flushOut();
+    try {
+      writeAll(fds.write, Buffer.from(request + "\n", "latin1"));
+      for (;;) {
+        const nl = this.netIn.indexOf(0x0a);
+        if (nl >= 0) {
+          const line = this.netIn.subarray(0, nl).toString("latin1");
+          this.netIn = this.netIn.subarray(nl + 1);
+          return line;
+        }
+        const chunk = Buffer.alloc(65536);
+        let n;
+        try {
+          n = fs.readSync(fds.read, chunk, 0, chunk.length, null);
+        } catch (err) {
+          if (err.code === "EAGAIN") continue;
+          throw err;
+        }
+        if (n === 0) throw new Error("the host closed the network link");
+        this.netIn = Buffer.concat([this.netIn, chunk.subarray(0, n)]);
+      }
+    } catch (err) {
+      // the host side is gone (it is stopping this board): no more network
+      this.netDown = true;
+      return `E ${ECONNABORTED} virtual board: network link lost (${err.message || err})`;
+    }
   }
 
   emit(bytes) {
@@ -423,6 +489,8 @@ class Board {
     FS.writeFile("/rom/_vboard_irq.py", "def poll():\n    pass\n");
     if (this.args.rom) copyInto(FS, this.args.rom, "/rom");
     mp.registerJsModule("_vboard_host", this.host);
+    // a new interpreter: the previous one's sockets are gone, as after a board's reset
+    if (this.args.netFds) this.netCall("Z");
     this.guardFlashSize();
     mp.runPython(SETUP_PY);
     this.runBootPy();
@@ -607,6 +675,17 @@ class Board {
 
   watchdogExpired() {
     return this.wdtDeadline && Date.now() > this.wdtDeadline;
+  }
+}
+
+function writeAll(fd, data) {
+  let done = 0;
+  while (done < data.length) {
+    try {
+      done += fs.writeSync(fd, data, done, data.length - done);
+    } catch (err) {
+      if (err.code !== "EAGAIN") throw err;
+    }
   }
 }
 
