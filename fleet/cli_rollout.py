@@ -39,7 +39,7 @@ def register_release_commands(release_sub) -> None:
     pub.add_argument("dir", metavar="DIR", help="the release directory (release build's output)")
     add_registry_argument(pub)
     pub.add_argument("--public-key", metavar="FILE",
-                     help="the release public key, 64 hex digits or PEM (default: "
+                     help="the release public key, 64 hex digits (default: "
                      "release.pub beside the registry)")
     pub.add_argument("--releases", metavar="DIR",
                      help="the fleet's release store (default: releases/ beside the registry)")

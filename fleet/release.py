@@ -35,16 +35,16 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
-    Ed25519PublicKey,
-)
+from typing import TYPE_CHECKING
 
 from firmware import ota_verify
 from fleet.files import mkdirs_private, write_file_atomic
+
+if TYPE_CHECKING:  # cryptography is imported where it is used: `dordt --help` stays quick
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
 
 FORMAT = ota_verify.FORMAT
 FORMAT_VERSION = ota_verify.FORMAT_VERSION
@@ -67,6 +67,8 @@ class ReleaseError(ValueError):
 
 def public_key_text(public: Ed25519PublicKey) -> str:
     """release.pub's text: 64 hex digits and a newline (the node's /release.pub, too)."""
+    from cryptography.hazmat.primitives import serialization
+
     raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return raw.hex() + "\n"
 
@@ -79,6 +81,9 @@ def init_release_key(directory: Path) -> tuple[Path, Path]:
         raise ReleaseError(f"{private_path.parent} holds a release key already: the fleet has "
                            "one; use it (nodes trust only it), or move it away first if it "
                            "is to be replaced")
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     private = Ed25519PrivateKey.generate()
     pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
@@ -88,6 +93,9 @@ def init_release_key(directory: Path) -> tuple[Path, Path]:
 
 
 def load_signing_key(path: Path) -> Ed25519PrivateKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -224,6 +232,9 @@ def verify_release(directory: Path, public_key: bytes | Ed25519PublicKey) -> Rel
     """The release, when its signature verifies with `public_key` (32 bytes or a key) and
     every file under files/ is the one release.json names (size, SHA-256), the slot
     MANIFEST.json names exactly the other files, and files/ holds nothing else."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     release = load_release(directory)
     if isinstance(public_key, (bytes, bytearray)):
         public_key = Ed25519PublicKey.from_public_bytes(bytes(public_key))

@@ -3,7 +3,7 @@ halt.
 
 In:
 - a release directory (docs/ota.md §1) and the release public key (32 bytes: 64 hex
-  digits, as on a node's /release.pub, or a PEM public key);
+  digits, as on a node's /release.pub);
 - the fleet's nodes (`FleetNode`: kind, zone, board, the gateway serving it; the CLI
   takes them from the registry);
 - a store (the gateway's sqlite local store or a VictoriaMetrics URL) holding the
@@ -58,6 +58,7 @@ from typing import TYPE_CHECKING
 from fleet import offers as offers_file
 from fleet.files import mkdirs_private
 from fleet.offers import OTA_STATE_NAMES
+from fleet.release import ReleaseError
 
 if TYPE_CHECKING:  # cryptography is imported where it is used: `dordt --help` stays quick
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -76,10 +77,6 @@ DEFAULT_MAX_ERROR_RISE = 5
 BASELINE_LOOKBACK_S = 3600
 _VERSION = re.compile(r"(\d{1,2})\.(\d{1,2})\.(\d{1,2})")
 _NODE = re.compile(r"[0-9a-f]{8}")
-
-
-class ReleaseError(ValueError):
-    """A release that cannot be published; the message says what and what to do."""
 
 
 class RolloutError(ValueError):
@@ -133,61 +130,26 @@ class Release:
                 "created": self.created_s, "manifest_sha256": self.manifest_sha256}
 
 
-def load_public_key(path: str | Path) -> Ed25519PublicKey:
-    """The release public key from a file: 64 hex digits (a node's /release.pub) or PEM."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+def load_public_key(path: str | Path) -> bytes:
+    """The release public key (release.pub, 64 hex digits, as on the nodes): fleet/release.py."""
+    from fleet.release import load_public_key as load
 
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ReleaseError(f"release public key {path}: cannot be read "
-                           f"({exc.strerror or exc})") from None
-    text = data.strip()
-    try:
-        if re.fullmatch(rb"[0-9a-fA-F]{64}", text):
-            return Ed25519PublicKey.from_public_bytes(bytes.fromhex(text.decode()))
-        key = serialization.load_pem_public_key(data)
-    except ValueError:
-        key = None
-    if not isinstance(key, Ed25519PublicKey):
-        raise ReleaseError(f"release public key {path}: not an Ed25519 public key (give the "
-                           "release key's .pub: 64 hex digits or PEM)")
-    return key
+    return load(Path(path))
 
 
-def read_release(path: str | Path, public_key: Ed25519PublicKey) -> Release:
-    """Check a release directory as a node would before taking it: the signature over
-    release.json, the format, and every file's size and SHA-256.  Raises ReleaseError."""
-    from cryptography.exceptions import InvalidSignature
+def read_release(path: str | Path, public_key: bytes | Ed25519PublicKey) -> Release:
+    """Check a release directory as a node would before taking it (fleet/release.py's
+    verify_release: the signature over release.json, the document by the node's own rules,
+    every file's size and SHA-256, nothing extra), then read what a rollout plans with.
+    Raises ReleaseError."""
+    from fleet.release import verify_release
 
-    root = Path(path)
-    if not root.is_dir():
-        raise ReleaseError(f"{root}: not a release directory (docs/ota.md §1)")
+    checked = verify_release(Path(path), public_key)
     try:
-        manifest_bytes = (root / "release.json").read_bytes()
-        sig_text = (root / "release.sig").read_text(encoding="ascii").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ReleaseError(f"{root}: release.json and release.sig must both be there "
-                           f"({getattr(exc, 'strerror', None) or exc})") from None
-    if not re.fullmatch(r"[0-9a-f]{128}", sig_text):
-        raise ReleaseError(f"{root / 'release.sig'}: not a signature (128 hex digits)")
-    try:
-        public_key.verify(bytes.fromhex(sig_text), manifest_bytes)
-    except InvalidSignature:
-        raise ReleaseError(f"{root}: the signature does not verify with the release public "
-                           "key: the release was changed, or signed with another key; "
-                           "nothing was published") from None
-    try:
-        doc = json.loads(manifest_bytes)
-        release = _release_from_json(doc, hashlib.sha256(manifest_bytes).hexdigest())
+        return _release_from_json(checked.doc, hashlib.sha256(checked.json_bytes).hexdigest())
     except (ValueError, KeyError, TypeError) as exc:
-        raise ReleaseError(f"{root / 'release.json'}: signed, but not a release this fleet "
-                           f"reads ({exc})") from None
-    for entry in doc["files"]:
-        _check_file(root, entry)
-    return release
+        raise ReleaseError(f"{Path(path) / 'release.json'}: signed, but not a release this "
+                           f"fleet reads ({exc})") from None
 
 
 def _release_from_json(doc: dict, sha: str) -> Release:
@@ -221,19 +183,7 @@ def _release_from_json(doc: dict, sha: str) -> Release:
                    tuple(paths))
 
 
-def _check_file(root: Path, entry: dict) -> None:
-    path = root / "files" / entry["path"]
-    try:
-        data = path.read_bytes()
-    except OSError:
-        raise ReleaseError(f"{root}: files/{entry['path']} is missing; the release is "
-                           "incomplete, copy it again") from None
-    if len(data) != entry["size"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
-        raise ReleaseError(f"{root}: files/{entry['path']} is not the file release.json "
-                           "names (size or SHA-256 differ); copy the release again")
-
-
-def publish(book: RolloutBook, release_dir: str | Path, public_key: Ed25519PublicKey,
+def publish(book: RolloutBook, release_dir: str | Path, public_key: bytes | Ed25519PublicKey,
             releases_dir: str | Path, now_s: float) -> Release:
     """Verify a release, copy it to `releases_dir/<serial>/` and record it.  A serial is
     used once, ever, and must be above every published one (docs/ota.md §1: nodes refuse
@@ -257,7 +207,7 @@ def publish(book: RolloutBook, release_dir: str | Path, public_key: Ed25519Publi
 
 
 def _copy_release(src: Path, release: Release, releases_dir: Path,
-                  public_key: Ed25519PublicKey) -> None:
+                  public_key: bytes | Ed25519PublicKey) -> None:
     """Copy only what release.json names (plus the manifest and signature) into a temporary
     directory beside the target, check the copy again (the source may have changed since
     it was checked), then rename it into place: a gateway syncing the store sees the whole

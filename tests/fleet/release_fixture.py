@@ -1,7 +1,8 @@
-"""TEST FIXTURE, not the release build: a release directory in docs/ota.md §1's layout,
-signed with `cryptography`'s Ed25519, so rollout tests have releases to publish.  At the
-merge of issue 12 it is replaced by fleet/release.py's build (`dordt fleet release
-build`), which compiles real firmware with mpy-cross; these files are a few bytes each."""
+"""TEST FIXTURE, not the release build: a small release directory in docs/ota.md §1's
+layout (a slot MANIFEST.json naming two stand-in .mpy files of a few bytes), signed with
+`cryptography`'s Ed25519, so rollout tests publish and plan releases in milliseconds.
+Publishing checks it with fleet/release.py's verify_release, the same rules as a release
+that `dordt fleet release build` compiles with mpy-cross (tests/fleet/test_release.py)."""
 
 from __future__ import annotations
 
@@ -17,11 +18,13 @@ def make_release(root: Path, key: Ed25519PrivateKey, serial: int, version: str =
                  hardware=("esp32-s3-devkitc-1", "pico-w"), rollback: bool = False,
                  created: int = 1_790_000_000) -> Path:
     files = {
-        "MANIFEST.json": json.dumps({"version": version, "files": ["firmware/node.mpy"]},
-                                    sort_keys=True).encode(),
         "firmware/node.mpy": b"M\x06\x00\x1f" + version.encode() * 20,
         "firmware/protocol.mpy": b"M\x06\x00\x1f" + bytes(range(256)),
     }
+    slot = {"format": 1, "version": version, "arch": None,
+            "files": [{"path": rel, "sha256": hashlib.sha256(data).hexdigest(),
+                       "size": len(data)} for rel, data in sorted(files.items())]}
+    files["MANIFEST.json"] = json.dumps(slot, sort_keys=True, separators=(",", ":")).encode()
     for rel, data in files.items():
         path = root / "files" / rel
         path.parent.mkdir(parents=True, exist_ok=True)
