@@ -329,3 +329,25 @@ def test_a_release_signed_by_another_key_is_refused_and_nothing_switches(world, 
     assert "job" not in ota_state(world.flash)
     wait_until(lambda: gw.ota.counts["state.refused"] >= 1, 10, "the refused state")
     assert not (world.flash / "fw" / "b" / "MANIFEST.json").exists()
+
+
+def test_a_newer_release_offered_mid_download_replaces_the_older_one(world, monkeypatch):
+    world.shop.build(1, patch=pad)
+    world.shop.build(2, version=(0, 3, 0))
+    world.shop.offer({NAME: 1})
+    gw = world.start_gateway()
+    undo = _cut_at_state(monkeypatch, "downloading")
+    with pytest.raises(PowerCut):
+        world.boot()
+    undo()
+    assert ota_state(world.flash)["job"]["serial"] == 1
+    world.shop.offer({NAME: 2})  # the rollout moved on while the node was off
+    for _ in range(6):
+        slot, n = world.boot(until=job_done)
+        if n != "reset" and ota_state(world.flash).get("serial") == 2:
+            break
+    assert ota_state(world.flash) == {"serial": 2, "version": "0.3.0"}
+    pointer = slots.read_pointer(str(world.flash))
+    assert not pointer["trial"]
+    assert slots.status(str(world.flash))["slots"][pointer["slot"]]["version"] == "0.3.0"
+    wait_until(lambda: gw.ota.counts["state.confirmed"] >= 1, 10, "the confirmed state")
