@@ -127,6 +127,7 @@ def test_an_update_applies_through_a_dropped_link_and_a_power_cut_at_every_step(
     out = run_node(w, OTA_DONE)
     assert out["result"] == "stopped" and out["version"] == [0, 2, 0]
     assert out["pointer"]["slot"] == "b" and not out["pointer"]["trial"]
+    assert out["update_modules"] == []  # the OTA code left the node's heap with the update
     assert ota_state(w.flash) == {"serial": 1, "version": "0.2.0"}
     wait_until(lambda: w.gw.ota.counts["state.confirmed"] == 1, 20, "the confirmed state")
     print(f"\nvirtual board update with a link drop and four power cuts: "
