@@ -130,7 +130,7 @@ class OtaServer:
         try:
             offers = parse_offers(path.read_bytes())
         except (OSError, ValueError) as exc:
-            self.counts["offers_file_bad"] += 1
+            self._count("offers_file_bad")
             log.error("OTA: offers file %s not used (%s); keeping the last good one", path, exc)
             return False
         with self._lock:
@@ -194,7 +194,7 @@ class OtaServer:
             with self._lock:
                 self._offered_at.pop(node, None)
             return False
-        self.counts["offers"] += 1
+        self._count("offers")
         return True
 
     def awaiting_confirmation(self, node: str) -> bool:
@@ -229,7 +229,7 @@ class OtaServer:
             req = _request(payload, {"serial": int, "path": str, "offset": int,
                                      "length": int})
         except ValueError as exc:
-            self.counts["gets_refused"] += 1
+            self._count("gets_refused")
             msg = _compact({"serial": None, "path": None, "error": str(exc)})
             self._publish(zone, node, "chunk", msg)
             return msg
@@ -259,11 +259,11 @@ class OtaServer:
             except OSError as exc:
                 error = f"cannot read {path}: {exc.strerror}"
         if error is not None:
-            self.counts["gets_refused"] += 1
+            self._count("gets_refused")
             msg = _compact({"serial": serial, "path": path, "error": error})
         else:
-            self.counts["chunks"] += 1
-            self.counts["chunk_bytes"] += len(data)
+            self._count("chunks")
+            self._count("chunk_bytes", len(data))
             msg = _compact({"serial": serial, "path": path, "offset": offset,
                             "total": total}) + b"\n" + data
         self._publish(zone, node, "chunk", msg)
@@ -274,11 +274,11 @@ class OtaServer:
         try:
             msg = _request(payload, {"serial": int, "state": str})
         except ValueError:
-            self.counts["states_refused"] += 1
+            self._count("states_refused")
             return None
         state = msg["state"]
         if state not in STATES or self.zone_of(node) is None:
-            self.counts["states_refused"] += 1
+            self._count("states_refused")
             return None
         version = msg.get("version") if isinstance(msg.get("version"), str) else ""
         detail = str(msg.get("detail", ""))[:DETAIL_MAX_CHARS]
@@ -288,9 +288,13 @@ class OtaServer:
         with self._lock:
             self._last_state[node] = (msg["serial"], state)
             self._points.append(point)
-        self.counts[f"state.{state}"] += 1
+        self._count(f"state.{state}")
         log.info("OTA: node %s release %d: %s (%s)", node, msg["serial"], state, detail)
         return point
+
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._lock:  # read by health's HTTP thread, written by MQTT's and the pipeline's
+            self.counts[name] += n
 
     def take_points(self) -> list[Point]:
         with self._lock:
@@ -299,8 +303,7 @@ class OtaServer:
 
     def stats(self) -> dict:
         with self._lock:
-            offers = len(self._offers)
-        return {"offered_nodes": offers, **dict(self.counts)}
+            return {"offered_nodes": len(self._offers), **dict(self.counts)}
 
     def _publish(self, zone: str, node: str, suffix: str, body: bytes) -> None:
         self.publish(topic(zone, node, suffix), body)
