@@ -426,6 +426,7 @@ class OtaClient:
         except slots.SlotError as exc:
             self._fail(str(exc))
             return
+        slots.count_trial_boot(self.root)  # the first trial boot, whatever reset starts it
         self._say(job["serial"], job["version"], "switched",
                   "slot %s on trial; resetting" % job["slot"])
         self._flush_state_msg()
@@ -480,7 +481,7 @@ class OtaClient:
         if clock.ticks_diff(now_ms, self._trial_start) >= TRIAL_TIMEOUT_MS:
             print("ota: trial not healthy after %d s (sensors %s, frame accepted %s); "
                   "resetting" % (TRIAL_TIMEOUT_MS // 1000, sensors, accepted))
-            slots.fail_trial(self.root)  # counts this attempt whatever kind of reset follows
+            slots.count_trial_boot(self.root)  # the next attempt, whatever reset starts it
             self._reset()
         return 1000
 
