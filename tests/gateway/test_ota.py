@@ -209,7 +209,8 @@ def test_a_gateway_built_from_its_config_serves_the_configured_releases(tmp_path
     Keyring([NodeEntry(int(NODE, 16), "air", ZONE, "spz-01", {0: bytes(32)})]).save(
         tmp_path / "keyring.json")
     path = tmp_path / "gw.toml"
-    path.write_text(CONFIG + f'[ota]\nreleases = "{shop.releases}"\noffers = "{shop.offers}"\n'
+    config = CONFIG.replace("sqlite:store.sqlite", f"sqlite:{tmp_path / 'store.sqlite'}")
+    path.write_text(config + f'[ota]\nreleases = "{shop.releases}"\noffers = "{shop.offers}"\n'
                     'chunk_bytes = 256\noffer_every_s = 5\n')
     gw = Gateway.from_config(load_config(path))
     try:
