@@ -30,6 +30,9 @@
 - Baseline in the same run: install_s, the same build installed on a fresh virtual board
   by `dordt provision install` (provisioning/install.py) over the pty; ota_pull_ratio =
   ota_pull_s / install_s (over the air against the cable, for the same bytes).
+- ota_client_heap_bytes: heap held under MicroPython by the OTA client's code while an
+  update runs (firmware/ota.py; slots and hal are in verify_heap_held_bytes); with that
+  and one chunk message (about 1.1 KB) it bounds what an update adds to a node's heap.
 
 Each measurement is one function returning its keys (MEASUREMENTS below); main() runs them
 in order and prints a table and then the JSON line.  Bounded: a few seconds each.
@@ -244,8 +247,35 @@ def measure_ota(work: Path) -> dict:
     }
 
 
+# Heap the OTA client's own code holds under MicroPython while an update runs (firmware/ota.py;
+# firmware.slots and firmware.hal, which it imports too, are in verify_heap_held_bytes), in
+# steps of one interpreter as _HEAP_STEPS.  Dropped with the update.
+_CLIENT_HEAP_STEPS = (
+    "import gc, json\nfrom firmware import slots, hal\nH = []\n",
+    "gc.collect()\nH.append(gc.mem_alloc())\n",
+    "from firmware import ota\n",
+    "gc.collect()\nH.append(gc.mem_alloc())\n",
+    "print(json.dumps({'client': H[1] - H[0]}))\n",
+)
+
+
+def measure_ota_client_heap(work: Path) -> dict:
+    key, pub = init_release_key(work / "key")
+    release = build_release(key, 1, ["air"], work / "release")
+    node = shutil.which("node")
+    if node is None:
+        sys.exit("bench/ota.py: MicroPython needs Node: run `make setup-test`")
+    mp = Interpreter(node)
+    try:
+        mp.run(_CLIENT_HEAP_STEPS[0], files=_node_files(release, pub), firmware=False)
+        out = [mp.more(step) for step in _CLIENT_HEAP_STEPS[1:]]
+    finally:
+        mp.close()
+    return {"ota_client_heap_bytes": json.loads(out[-1])["client"]}
+
+
 # One function per measurement, each returning its keys for the JSON line.
-MEASUREMENTS = [measure_verify, measure_ota]
+MEASUREMENTS = [measure_verify, measure_ota, measure_ota_client_heap]
 
 
 def main() -> None:

@@ -50,7 +50,7 @@ STATE_FILE = "ota/state.json"
 RELEASE_JSON = "release.json"
 RELEASE_SIG = "release.sig"
 CHUNK_MAX_BYTES = 1024  # asked for at once: bounds the message the node must hold in RAM
-META_MAX_BYTES = 32768  # a release.json larger than this is refused before it is pulled
+META_MAX_BYTES = 32768  # ota_verify.MAX_RELEASE_JSON: a larger release.json is not pulled
 GET_TIMEOUT_MS = 4000  # no chunk in this time: ask again
 TRIAL_TIMEOUT_MS = 600000  # a trial not healthy in this time resets (and so rolls back)
 FILE_TRIES = 2  # a file whose hash fails this often fails the job
@@ -118,7 +118,7 @@ class OtaClient:
             elif suffix == "chunk":
                 self._chunk(msg)
         except OSError as exc:  # flash full or failing: nothing more can be staged
-            self._fail("flash: %s" % (exc,))
+            self._fail("staging: %s" % (exc,))
 
     def service(self, now_ms):
         """Bounded work; returns how long the node may sleep (ms)."""
@@ -144,8 +144,8 @@ class OtaClient:
             if up is not None:
                 up.poll()
             return 10 if self._want else 0
-        except OSError as exc:
-            self._fail("flash: %s" % (exc,))
+        except OSError as exc:  # flash full or failing, or a file that fails its hash twice
+            self._fail("staging: %s" % (exc,))
             return 0
 
     # -- offers ----------------------------------------------------------------------------
@@ -177,9 +177,9 @@ class OtaClient:
         self.job = {"serial": serial, "version": str(offer.get("version", "")), "slot": slot,
                     "phase": "meta", "file": 0}
         self.doc = {}
+        self._want = []
         self._makedirs(STATE_DIR)
-        self.flash.remove(self._meta(RELEASE_JSON))
-        self.flash.remove(self._meta(RELEASE_SIG))
+        self._clear_meta()  # an older job's release.json must not pass for this one's
         self._save()
         self._say(serial, self.job["version"], "offered", "pulling release %d" % serial)
 
@@ -273,10 +273,19 @@ class OtaClient:
         data = memoryview(msg)[nl + 1:]
         if not isinstance(total, int) or len(data) > length or offset + len(data) > total:
             return
-        if self.job["phase"] == "meta" and total > META_MAX_BYTES:
-            self._refuse("malformed", "%s has %d bytes, more than %d" % (
-                path, total, META_MAX_BYTES))
-            return
+        if self.job["phase"] == "meta":
+            if total > META_MAX_BYTES:
+                self._refuse("malformed", "%s has %d bytes, more than %d" % (
+                    path, total, META_MAX_BYTES))
+                return
+        else:
+            signed = (self._entry(path) or {}).get("size")
+            if total != signed:
+                self._fail("the gateway's %s has %d bytes, release.json says %s" % (
+                    path, total, signed))
+                return
+        if not data and offset < total:
+            return  # nothing new: asked again after GET_TIMEOUT_MS
         if offset == 0:
             self._makedirs(rel[:rel.rfind("/")])
         with open(self.flash.path(rel), "ab" if offset else "wb") as f:
@@ -417,6 +426,7 @@ class OtaClient:
         except slots.SlotError as exc:
             self._fail(str(exc))
             return
+        slots.count_trial_boot(self.root)  # the first trial boot, whatever reset starts it
         self._say(job["serial"], job["version"], "switched",
                   "slot %s on trial; resetting" % job["slot"])
         self._flush_state_msg()
@@ -471,7 +481,7 @@ class OtaClient:
         if clock.ticks_diff(now_ms, self._trial_start) >= TRIAL_TIMEOUT_MS:
             print("ota: trial not healthy after %d s (sensors %s, frame accepted %s); "
                   "resetting" % (TRIAL_TIMEOUT_MS // 1000, sensors, accepted))
-            slots.fail_trial(self.root)  # counts this attempt whatever kind of reset follows
+            slots.count_trial_boot(self.root)  # the next attempt, whatever reset starts it
             self._reset()
         return 1000
 
@@ -504,9 +514,12 @@ class OtaClient:
         self.doc = {}
         self._want = []
         self._save()
+        self._clear_meta()
+
+    def _clear_meta(self):
         for name in (RELEASE_JSON, RELEASE_SIG):
+            self.flash.remove(self._meta(name) + ".done")  # first: a cut leaves no marker
             self.flash.remove(self._meta(name))
-            self.flash.remove(self._meta(name) + ".done")
 
     def _save(self):
         if self.job:

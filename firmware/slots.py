@@ -293,12 +293,13 @@ def confirm(root="/"):
         _write_pointer(pointer, root)
 
 
-def fail_trial(root="/"):
-    """The running trial failed its health check (firmware/ota.py calls this before it
-    resets): count the next boot now, as one of MAX_TRIAL_BOOTS, whatever reset follows.
-    machine.reset() is reported as a soft reset on some ports (the virtual board's), which
-    boot() does not count, so a release that can never pass would stay on trial for ever;
-    the `counted` mark keeps boot() from counting a hard reset's boot twice."""
+def count_trial_boot(root="/"):
+    """Count the boot the coming reset starts as one of the trial's MAX_TRIAL_BOOTS, now,
+    whatever kind of reset it is (firmware/ota.py: after its switch, and when a trial is
+    not healthy in time).  machine.reset() is reported as a soft reset on some ports (the
+    virtual board's), whose boot boot() does not count, so a release that can never pass
+    would stay on trial for ever; the `counted` mark keeps boot() from counting a hard
+    reset's boot twice, and a second call before the reset from counting it twice."""
     pointer = read_pointer(root)
     if pointer and pointer.get("trial") and not pointer.get("counted"):
         pointer["boots"] = pointer.get("boots", 0) + 1
@@ -325,7 +326,7 @@ def boot(slot, root="/"):
         if problems:
             raise SlotError("; ".join(problems))
         if pointer.get("trial"):
-            if pointer.pop("counted", False):  # fail_trial() counted this boot already
+            if pointer.pop("counted", False):  # count_trial_boot() counted this boot
                 _write_pointer(pointer, root)
             elif _reset_cause() != _SOFT_RESET:
                 pointer["boots"] = pointer.get("boots", 0) + 1

@@ -32,6 +32,17 @@ _NODE = re.compile(r"[0-9a-f]{8}")
 OTA_STATES = {"offered": 1, "downloading": 2, "staged": 3, "switched": 4, "confirmed": 5,
               "refused": 6, "failed": 7, "rolled_back": 8}
 OTA_STATE_NAMES = {number: name for name, number in OTA_STATES.items()}
+_VERSION = re.compile(r"(\d{1,2})\.(\d{1,2})\.(\d{1,2})")
+
+
+def version_code(version: str) -> int:
+    """"M.m.p" -> MMmmpp: the `ota` point's `version`, as the `firmware_version` a node
+    reports (docs/protocol.md §8).  ValueError for anything else."""
+    m = _VERSION.fullmatch(str(version))
+    if m is None:
+        raise ValueError(f"version {version!r} is not M.m.p with each part 0..99")
+    major, minor, patch = (int(x) for x in m.groups())
+    return major * 10000 + minor * 100 + patch
 
 
 class OffersError(ValueError):

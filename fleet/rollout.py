@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING
 
 from fleet import offers as offers_file
 from fleet.files import mkdirs_private
-from fleet.offers import OTA_STATE_NAMES
+from fleet.offers import OTA_STATE_NAMES, version_code
 from fleet.release import ReleaseError
 
 if TYPE_CHECKING:  # cryptography is imported where it is used: `dordt --help` stays quick
@@ -75,7 +75,6 @@ DEFAULT_MAX_ERROR_RISE = 5
 # How far back an offer looks for a node's error_count: a node sends its status every
 # 10 frames (firmware/node.py), 100 s at the default 10 s window.
 BASELINE_LOOKBACK_S = 3600
-_VERSION = re.compile(r"(\d{1,2})\.(\d{1,2})\.(\d{1,2})")
 _NODE = re.compile(r"[0-9a-f]{8}")
 
 
@@ -90,15 +89,6 @@ class EvidenceError(OSError):
 class _Moved(Exception):
     """Another step changed the rollout after this one read it: this one's change is
     rolled back."""
-
-
-def version_code(version: str) -> int:
-    """"M.m.p" → MMmmpp, the `firmware_version` a node reports (docs/protocol.md §8)."""
-    m = _VERSION.fullmatch(version)
-    if m is None:
-        raise ValueError(f"version {version!r} is not M.m.p with each part 0..99")
-    major, minor, patch = (int(x) for x in m.groups())
-    return major * 10000 + minor * 100 + patch
 
 
 # -- releases --------------------------------------------------------------------------------

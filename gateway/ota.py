@@ -34,18 +34,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from firmware import protocol
+from fleet.offers import OTA_STATES, OffersError, read_offers, version_code
 from fleet.release import ReleaseError, load_release
 from gateway.model import Point
 
 log = logging.getLogger("dordt.gateway.ota")
 
-OFFERS_FORMAT = "dordt-ota-offers"
-OFFERS_VERSION = 1
 SUB_GET = protocol.TOPIC_ROOT + "/+/+/ota/get"
 SUB_STATE = protocol.TOPIC_ROOT + "/+/+/ota/state"
-# docs/ota.md §3, in this order: the `ota` point's `state` field is the index
-STATES = ("offered", "downloading", "staged", "switched", "confirmed", "refused", "failed",
-          "rolled_back")
 FINAL = {"confirmed", "refused", "rolled_back"}  # no more offers of that serial to that node
 CHUNK_MIN_BYTES = 64
 CHUNK_MAX_BYTES = 2048  # gateway/mosquitto.py's max_packet_size leaves room for this
@@ -65,15 +61,6 @@ class OtaSettings:
 
 def topic(zone: str, node: str, suffix: str) -> str:
     return f"{protocol.TOPIC_ROOT}/{zone}/{node}/ota/{suffix}"
-
-
-def version_code(text: str) -> int:
-    """"M.m.p" -> MMmmpp (as the node_status firmware_version metric); 0 when not one."""
-    try:
-        major, minor, patch = (int(p) for p in str(text).split("."))
-    except ValueError:
-        return 0
-    return major * 10000 + minor * 100 + patch
 
 
 SUBSCRIPTIONS = [(SUB_GET, 1), (SUB_STATE, 1)]  # for MqttIngest's `extra`
@@ -128,9 +115,9 @@ class OtaServer:
                 self._offers = {}
             return True
         try:
-            offers = parse_offers(path.read_bytes())
-        except (OSError, ValueError) as exc:
-            self.counts["offers_file_bad"] += 1
+            offers = dict(read_offers(path))
+        except OffersError as exc:
+            self._count("offers_file_bad")
             log.error("OTA: offers file %s not used (%s); keeping the last good one", path, exc)
             return False
         with self._lock:
@@ -194,7 +181,7 @@ class OtaServer:
             with self._lock:
                 self._offered_at.pop(node, None)
             return False
-        self.counts["offers"] += 1
+        self._count("offers")
         return True
 
     def awaiting_confirmation(self, node: str) -> bool:
@@ -229,7 +216,7 @@ class OtaServer:
             req = _request(payload, {"serial": int, "path": str, "offset": int,
                                      "length": int})
         except ValueError as exc:
-            self.counts["gets_refused"] += 1
+            self._count("gets_refused")
             msg = _compact({"serial": None, "path": None, "error": str(exc)})
             self._publish(zone, node, "chunk", msg)
             return msg
@@ -259,11 +246,11 @@ class OtaServer:
             except OSError as exc:
                 error = f"cannot read {path}: {exc.strerror}"
         if error is not None:
-            self.counts["gets_refused"] += 1
+            self._count("gets_refused")
             msg = _compact({"serial": serial, "path": path, "error": error})
         else:
-            self.counts["chunks"] += 1
-            self.counts["chunk_bytes"] += len(data)
+            self._count("chunks")
+            self._count("chunk_bytes", len(data))
             msg = _compact({"serial": serial, "path": path, "offset": offset,
                             "total": total}) + b"\n" + data
         self._publish(zone, node, "chunk", msg)
@@ -274,23 +261,27 @@ class OtaServer:
         try:
             msg = _request(payload, {"serial": int, "state": str})
         except ValueError:
-            self.counts["states_refused"] += 1
+            self._count("states_refused")
             return None
         state = msg["state"]
-        if state not in STATES or self.zone_of(node) is None:
-            self.counts["states_refused"] += 1
+        if state not in OTA_STATES or self.zone_of(node) is None:
+            self._count("states_refused")
             return None
         version = msg.get("version") if isinstance(msg.get("version"), str) else ""
         detail = str(msg.get("detail", ""))[:DETAIL_MAX_CHARS]
         point = Point("ota", {"zone": zone, "node": node, "gateway": self.gateway_id},
-                      {"serial": float(msg["serial"]), "state": float(STATES.index(state)),
-                       "version": float(version_code(version))}, int(self.clock()))
+                      {"serial": float(msg["serial"]), "state": float(OTA_STATES[state]),
+                       "version": float(_version_code(version))}, int(self.clock()))
         with self._lock:
             self._last_state[node] = (msg["serial"], state)
             self._points.append(point)
-        self.counts[f"state.{state}"] += 1
+        self._count(f"state.{state}")
         log.info("OTA: node %s release %d: %s (%s)", node, msg["serial"], state, detail)
         return point
+
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._lock:  # read by health's HTTP thread, written by MQTT's and the pipeline's
+            self.counts[name] += n
 
     def take_points(self) -> list[Point]:
         with self._lock:
@@ -299,36 +290,18 @@ class OtaServer:
 
     def stats(self) -> dict:
         with self._lock:
-            offers = len(self._offers)
-        return {"offered_nodes": offers, **dict(self.counts)}
+            return {"offered_nodes": len(self._offers), **dict(self.counts)}
 
     def _publish(self, zone: str, node: str, suffix: str, body: bytes) -> None:
         self.publish(topic(zone, node, suffix), body)
 
 
-def parse_offers(data: bytes) -> dict[str, int]:
-    """An offers file (docs/ota.md §4) -> {node: serial}; ValueError saying what is wrong."""
+def _version_code(text: str) -> int:
+    """MMmmpp of a node's version text; 0 when it is not M.m.p (the message is untrusted)."""
     try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"not JSON: {exc}") from None
-    if not isinstance(doc, dict) or doc.get("format") != OFFERS_FORMAT or \
-            doc.get("version") != OFFERS_VERSION:
-        raise ValueError(f'not a {OFFERS_FORMAT} version {OFFERS_VERSION} file')
-    offers = doc.get("offers")
-    if not isinstance(offers, list):
-        raise ValueError('"offers" must be a list')
-    out: dict[str, int] = {}
-    for i, entry in enumerate(offers):
-        node = entry.get("node") if isinstance(entry, dict) else None
-        serial = entry.get("serial") if isinstance(entry, dict) else None
-        if not isinstance(node, str) or len(node) != 8 or \
-                any(c not in "0123456789abcdef" for c in node):
-            raise ValueError(f"offers[{i}]: node must be 8 lower-case hex digits")
-        if not isinstance(serial, int) or isinstance(serial, bool) or serial < 1:
-            raise ValueError(f"offers[{i}]: serial must be an integer >= 1")
-        out[node] = serial
-    return out
+        return version_code(text)
+    except ValueError:
+        return 0
 
 
 def _request(payload: bytes, need: dict[str, type]) -> dict:

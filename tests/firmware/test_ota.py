@@ -15,8 +15,9 @@ import pytest
 from firmware import node as node_mod
 from firmware import ota, protocol, slots
 from fleet.keyring import Keyring, NodeEntry
+from fleet.offers import OTA_STATE_NAMES
 from gateway.forward.local import LocalStore
-from gateway.ota import STATES, OtaSettings
+from gateway.ota import OtaSettings
 from gateway.pipeline import Gateway
 from simulators import node_host
 from tests.fixtures.ota import (
@@ -202,7 +203,7 @@ def test_an_offered_release_is_pulled_staged_switched_and_confirmed(world):
     # the states reached the store as `ota` points
     wait_until(lambda: gw.outbox.depth() == 0, 10, "the outbox")
     points = gw.store.points("ota", "state", NAME)
-    assert [STATES[int(p.value)] for p in points][-1:] == ["confirmed"]
+    assert [OTA_STATE_NAMES[int(p.value)] for p in points][-1:] == ["confirmed"]
     # and the gateway's health counts the update
     ota_health = gw.health.snapshot()["ota"]
     assert ota_health["chunks"] > 0 and ota_health["state.confirmed"] == 1
@@ -329,3 +330,25 @@ def test_a_release_signed_by_another_key_is_refused_and_nothing_switches(world, 
     assert "job" not in ota_state(world.flash)
     wait_until(lambda: gw.ota.counts["state.refused"] >= 1, 10, "the refused state")
     assert not (world.flash / "fw" / "b" / "MANIFEST.json").exists()
+
+
+def test_a_newer_release_offered_mid_download_replaces_the_older_one(world, monkeypatch):
+    world.shop.build(1, patch=pad)
+    world.shop.build(2, version=(0, 3, 0))
+    world.shop.offer({NAME: 1})
+    gw = world.start_gateway()
+    undo = _cut_at_state(monkeypatch, "downloading")
+    with pytest.raises(PowerCut):
+        world.boot()
+    undo()
+    assert ota_state(world.flash)["job"]["serial"] == 1
+    world.shop.offer({NAME: 2})  # the rollout moved on while the node was off
+    for _ in range(6):
+        slot, n = world.boot(until=job_done)
+        if n != "reset" and ota_state(world.flash).get("serial") == 2:
+            break
+    assert ota_state(world.flash) == {"serial": 2, "version": "0.3.0"}
+    pointer = slots.read_pointer(str(world.flash))
+    assert not pointer["trial"]
+    assert slots.status(str(world.flash))["slots"][pointer["slot"]]["version"] == "0.3.0"
+    wait_until(lambda: gw.ota.counts["state.confirmed"] >= 1, 10, "the confirmed state")

@@ -127,6 +127,7 @@ def test_an_update_applies_through_a_dropped_link_and_a_power_cut_at_every_step(
     out = run_node(w, OTA_DONE)
     assert out["result"] == "stopped" and out["version"] == [0, 2, 0]
     assert out["pointer"]["slot"] == "b" and not out["pointer"]["trial"]
+    assert out["update_modules"] == []  # the OTA code left the node's heap with the update
     assert ota_state(w.flash) == {"serial": 1, "version": "0.2.0"}
     wait_until(lambda: w.gw.ota.counts["state.confirmed"] == 1, 20, "the confirmed state")
     print(f"\nvirtual board update with a link drop and four power cuts: "
@@ -170,7 +171,7 @@ def test_a_release_whose_health_check_fails_rolls_back_by_itself(ota_board):
         assert got["version"] == [0, 2, 0]
         out = run_node(w, OTA_DONE, max_ms=60_000, trial_ms=6000)
         assert out["result"] == "reset"  # not healthy in time: reset
-    assert paths[-1] == "/fw/a" and 1 < len(paths) <= slots.MAX_TRIAL_BOOTS + 2, paths
+    assert paths == ["/fw/b"] * slots.MAX_TRIAL_BOOTS + ["/fw/a"]
     got = where(w)
     assert got["version"] == [0, 1, 0] and got["pointer"]["rolled_back_from"] == "b"
     # the old firmware reports the rollback and never takes that release again
