@@ -163,7 +163,12 @@ class OtaClient:
         if job and (job["phase"] == "switched" or serial <= job["serial"]):
             return  # the same offer again (this job carries on), or one older than it
         # (a newer release while staging an older one starts over with the newer one)
-        if serial <= self.state.get("serial", 0):
+        if serial == self.state.get("serial", 0):
+            # offered again (a gateway that restarted): say so, for the rollout's record
+            self._say(serial, self.state.get("version"), "confirmed",
+                      "release %d is the one installed" % serial)
+            return
+        if serial < self.state.get("serial", 0):
             self._say(serial, offer.get("version"), "refused",
                       "serial %d is not above %d, the release installed" % (
                           serial, self.state.get("serial", 0)))

@@ -136,6 +136,7 @@ def world(mosquitto, tmp_path, monkeypatch):
         "firmware.ota", "firmware.slots") else real_drop(name))
     w = type("World", (), {})()
     w.shop, w.flash, w.start_gateway, w.chunks = shop, flash, start_gateway, Chunks()
+    w.gateways = gateways
     w.boot = lambda **kw: boot(w, **kw)
     yield w
     for gw in gateways:
@@ -208,6 +209,14 @@ def test_an_offered_release_is_pulled_staged_switched_and_confirmed(world):
     ota_health = gw.health.snapshot()["ota"]
     assert ota_health["chunks"] > 0 and ota_health["state.confirmed"] == 1
     assert 'dordt_gateway_ota_states_total{state="confirmed"} 1' in gw.health.prometheus_text()
+    # a restarted gateway (which forgot the states) offers again: the node says confirmed
+    gw.stop()
+    world.gateways.remove(gw)
+    gw = world.start_gateway()
+    slot, n = world.boot(max_ms=4000)
+    assert slot == "b" and n.ota is None
+    wait_until(lambda: gw.ota.counts["state.confirmed"] >= 1, 10, "confirmed again")
+    assert gw.ota.counts["chunks"] == 0 and not gw.ota.awaiting_confirmation(NAME)
 
 
 def test_a_link_dropped_mid_download_resumes_where_it_stopped(world):
