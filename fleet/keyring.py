@@ -168,7 +168,8 @@ class Keyring:
 
 
 def _check_kind(kind: object, where: str) -> None:
-    if kind not in metrics.KIND_IDS:
+    # a JSON object or list is unhashable: test the type first (a fuzzer found it)
+    if not isinstance(kind, str) or kind not in metrics.KIND_IDS:
         raise KeyringError(f"{where}: kind {kind!r} is not one of {sorted(metrics.KIND_IDS)}")
 
 

@@ -47,6 +47,10 @@ def test_keys_are_random_and_never_in_repr(tmp_path):
     ({"format": "dordt-keyring", "version": 1, "nodes": [
         {"node": "00000001", "kind": "radar", "zone": "z", "site": "s",
          "keys": {"0": "00" * 32}}]}, "kind 'radar'"),
+    # found by `make fuzz` (keyring target): an object as the kind was a TypeError
+    ({"format": "dordt-keyring", "version": 1, "nodes": [
+        {"node": "00000001", "kind": {"0": "00" * 32}, "zone": "z", "site": "s",
+         "keys": {"0": "00" * 32}}]}, "kind {'0': "),
     ({"format": "dordt-keyring", "version": 1, "nodes": [
         {"node": "00000001", "kind": "air", "zone": "z", "site": "s",
          "keys": {"0": "ab" * 31 + "zz"}}]}, "key '0' is not a key id with a hex key"),
