@@ -168,8 +168,11 @@ class Keyring:
 
 
 def _check_kind(kind: object, where: str) -> None:
-    # a JSON object or list is unhashable: test the type first (a fuzzer found it)
-    if not isinstance(kind, str) or kind not in metrics.KIND_IDS:
+    # a JSON object or list is unhashable: test the type first (a fuzzer found it), and do
+    # not echo it (in a botched file it may hold a key)
+    if not isinstance(kind, str):
+        raise KeyringError(f"{where}: \"kind\" must be one of {sorted(metrics.KIND_IDS)}")
+    if kind not in metrics.KIND_IDS:
         raise KeyringError(f"{where}: kind {kind!r} is not one of {sorted(metrics.KIND_IDS)}")
 
 

@@ -50,7 +50,7 @@ def test_keys_are_random_and_never_in_repr(tmp_path):
     # found by `make fuzz` (keyring target): an object as the kind was a TypeError
     ({"format": "dordt-keyring", "version": 1, "nodes": [
         {"node": "00000001", "kind": {"0": "00" * 32}, "zone": "z", "site": "s",
-         "keys": {"0": "00" * 32}}]}, "kind {'0': "),
+         "keys": {"0": "00" * 32}}]}, "\"kind\" must be one of"),
     ({"format": "dordt-keyring", "version": 1, "nodes": [
         {"node": "00000001", "kind": "air", "zone": "z", "site": "s",
          "keys": {"0": "ab" * 31 + "zz"}}]}, "key '0' is not a key id with a hex key"),
