@@ -44,7 +44,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from fleet.files import write_file_atomic
+from fleet.files import write_file_atomic, write_key_pair
 
 FORMAT = "dordt-enrolment-bundle"
 VERSION = 1
@@ -78,10 +78,7 @@ def init_enrol_key(directory: Path) -> tuple[Path, Path]:
         raise BundleError(f"{private_path} exists already: the fleet has an enrolment key; "
                           "use it (or move it away first if it is to be replaced)")
     private = X25519PrivateKey.generate()
-    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-    write_file_atomic(private_path, pem, 0o600)
-    write_file_atomic(public_path, public_key_text(private.public_key()).encode(), 0o644)
+    write_key_pair(private, private_path, public_path, public_key_text(private.public_key()))
     return private_path, public_path
 
 

@@ -39,3 +39,14 @@ def mkdirs_private(path: Path) -> None:
     for d in reversed([path, *path.parents]):
         if not d.exists():
             d.mkdir(mode=0o700, exist_ok=True)
+
+
+def write_key_pair(private, private_path: Path, public_path: Path, public_text: str) -> None:
+    """A new key pair's files: the private key as unencrypted PKCS#8 PEM, mode 0600, and the
+    public key's one-line text, mode 0644 (enrolment, release and keyring keys alike)."""
+    from cryptography.hazmat.primitives import serialization
+
+    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    write_file_atomic(private_path, pem, 0o600)
+    write_file_atomic(public_path, public_text.encode(), 0o644)

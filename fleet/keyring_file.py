@@ -53,7 +53,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from fleet import bundle
-from fleet.files import write_file_atomic
+from fleet.files import write_key_pair
 from fleet.keyring import Keyring, KeyringError
 
 FORMAT = "dordt-gateway-keyring"
@@ -107,11 +107,8 @@ def _init_pair(private, directory: Path, private_name: str, public_name: str,
     if private_path.exists():
         raise KeyringFileError("exists", f"{private_path} exists already: this {what} has a "
                                "key; use it (or move it away first to replace it)")
-    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-    write_file_atomic(private_path, pem, 0o600)
-    write_file_atomic(public_path, f"{tag} {_raw(private.public_key()).hex()}\n".encode(),
-                      0o644)
+    write_key_pair(private, private_path, public_path,
+                   f"{tag} {_raw(private.public_key()).hex()}\n")
     return private_path, public_path
 
 

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from firmware import ota_verify
-from fleet.files import mkdirs_private, write_file_atomic
+from fleet.files import mkdirs_private, write_file_atomic, write_key_pair
 
 if TYPE_CHECKING:  # cryptography is imported where it is used: `dordt --help` stays quick
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -81,14 +81,10 @@ def init_release_key(directory: Path) -> tuple[Path, Path]:
         raise ReleaseError(f"{private_path.parent} holds a release key already: the fleet has "
                            "one; use it (nodes trust only it), or move it away first if it "
                            "is to be replaced")
-    from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     private = Ed25519PrivateKey.generate()
-    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-    write_file_atomic(private_path, pem, 0o600)
-    write_file_atomic(public_path, public_key_text(private.public_key()).encode(), 0o644)
+    write_key_pair(private, private_path, public_path, public_key_text(private.public_key()))
     return private_path, public_path
 
 
