@@ -271,8 +271,9 @@ class Gateway:
         if self.ingest is None or not unsynced:
             return
         # byte 3 of a frame is its key id (docs/protocol.md §2)
+        wanted = {r.node for r in unsynced}
         key_ids = {r.node: env.payload[3] for env, r in zip(envelopes, results, strict=True)
-                   if type(r) is Reading}
+                   if type(r) is Reading and r.node in wanted}
         now = time.time()
         for r in unsynced:
             node_id = int(r.node, 16)
